@@ -1,0 +1,234 @@
+"""Typed run configuration: YAML in, validated schema out.
+
+A config file may name a `base` config (a path, or a shipped name such as
+`quickstart/baseline`) that it extends; `--set a.b=c` overrides are applied last.
+Unknown keys are errors that name the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with a message that says how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str = "fashion_mnist"
+    root: str | None = None
+    download: bool = False
+    img_size: int | None = Field(None, description="resize to this size; default: the dataset's own size")
+    train_subset: int | None = Field(None, ge=1, description="first n training samples")
+    test_subset: int | None = Field(None, ge=1, description="first n test samples")
+    batch_size: int = Field(128, ge=1, description="global batch size (split across ranks)")
+    eval_batch_size: int = Field(500, ge=1)
+    num_workers: int = Field(0, ge=0)
+    in_memory: bool = Field(True, description="decode once and keep uint8 tensors in memory")
+
+
+class AugmentConfig(Section):
+    crop: Literal["none", "rrc", "pad"] = "none"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_padding: int = 4
+    hflip: bool = False
+    color_jitter: float = Field(0.0, ge=0.0)
+    randaugment: str | None = Field(None, description="timm RandAugment string, e.g. rand-m9-mstd0.5")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    mixup_prob: float = Field(1.0, ge=0.0, le=1.0)
+    mixup_switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+Stats = list[float] | Literal["dataset", "imagenet", "none"]
+
+
+class ModelConfig(Section):
+    name: str = "vit_pico_patch8_32"
+    patch_size: int | None = None
+    mean: Stats = "dataset"
+    std: Stats = "dataset"
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for timm")
+    init: str | None = Field(None, description="run dir or .safetensors to start from (fine-tuning)")
+
+
+class OptimConfig(Section):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    clip_grad: float | None = Field(1.0, description="max global gradient norm; null disables")
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_lr: float = Field(1e-6, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+    cooldown_epochs: float = Field(0.0, ge=0, description="cosine: epochs at min_lr after the decay")
+    decay_epochs: float = Field(2.0, gt=0, description="step schedule: period")
+    decay_rate: float = Field(0.85, gt=0, description="step schedule: factor per period")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema_decay: float | None = Field(None, description="EMA of the weights, e.g. 0.9998; null disables")
+    eval_every: int = Field(1, ge=0, description="evaluate every n epochs (0: only at the end)")
+    eval_subset: int | None = Field(None, ge=1, description="first n test samples for per-epoch eval")
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl lines")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint mid-epoch")
+    keep_best: bool = Field(False, description="also keep best.safetensors by validation metric")
+
+
+class EvaluateConfig(Section):
+    suite: str = "clean"
+    subset: int | None = Field(None, ge=1, description="first n test samples")
+    use_ema: bool = False
+
+
+class Config(Section):
+    name: str = "run"
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("objective")
+    @classmethod
+    def _check_objective(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from vitrobust.objectives import objective_params
+
+        params = objective_params(value)  # raises ConfigError on a bad name or key
+        return {"name": value.get("name", "standard"), **params.model_dump()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / f"{name}", CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+    raise ConfigError(f"config {str(name)!r} not found: give a YAML path or a shipped config ({', '.join(shipped)})")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "objective":
+            out[key] = _deep_merge(out[key], value)
+        elif key == "objective" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            same = value.get("name", out[key].get("name")) == out[key].get("name")
+            out[key] = {**out[key], **value} if same else dict(value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_dict(name: str | Path, _seen: tuple = ()) -> dict:
+    path = resolve_config_path(name).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} extends itself through 'base'")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    local = path.parent / base
+    parent = read_config_dict(local if local.is_file() else base, _seen + (path,))
+    return _deep_merge(parent, raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    raw = dict(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=1e-3)")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text != "" else None
+        parts = key.strip().split(".")
+        node = {}
+        cursor = node
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        raw = _deep_merge(raw, node)
+    return raw
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = item["loc"]
+        dotted = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            valid = _valid_keys(loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+            lines.append(f"unknown config key {dotted!r}; {hint} valid keys here: {', '.join(valid)}")
+        elif item["type"] == "value_error":
+            lines.append(f"{dotted}: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{dotted}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def build_config(raw: dict) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def load_config(name: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw = read_config_dict(name) if name is not None else {}
+    return build_config(apply_overrides(raw, overrides))
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? " if close else ""

@@ -1,0 +1,63 @@
+"""Evaluation: `evaluate(model, suite)` returns the dict that results.json holds."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import torch
+import yaml
+
+from vitrobust.config import Config, apply_overrides, build_config
+from vitrobust.data import ImageSet, load_split
+from vitrobust.evaluate.core import (
+    BENCHMARKS, SUITES, EvalContext, expand_suite, predict, read_results, register_benchmark, run_suite, write_results,
+)
+from vitrobust.models import count_params
+from vitrobust.models.io import load_model, weights_file
+from vitrobust.distributed import setup_distributed
+
+
+def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
+             subset: int | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
+             out_dir: str | Path | None = None, progress=None) -> dict:
+    """Run a suite (or comma-separated benchmarks) on a [0,1]-input model in eval mode."""
+    cfg = cfg or Config()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if data is None:
+        data = load_split(cfg.data, "test")
+    data = data.subset(subset if subset is not None else cfg.evaluate.subset)
+    ctx = EvalContext(cfg=cfg, data=data, device=device, out_dir=Path(out_dir) if out_dir else None,
+                      batch_size=batch_size or cfg.data.eval_batch_size)
+    return run_suite(model, suite, ctx, progress)
+
+
+def run_config(model: torch.nn.Module, overrides: list[str] | None = None) -> Config:
+    """The config a loaded model was trained with (from its checkpoint metadata), plus overrides."""
+    raw = yaml.safe_load(getattr(model, "run_config", "") or "") or {}
+    return build_config(apply_overrides(raw, overrides))
+
+
+def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = None, out: str | Path | None = None,
+                  progress=None) -> tuple[dict, Path]:
+    """What `vitrobust evaluate` does: load, run the suite, merge into results.json (rank 0 writes)."""
+    path = Path(path)
+    model = load_model(path)
+    cfg = run_config(model, overrides)
+    if cfg.evaluate.use_ema:
+        model = load_model(path, ema=True)
+    dist = setup_distributed(cfg.device)
+    model.to(dist.device)
+    results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
+    results = evaluate(model, suite, cfg=cfg, device=dist.device, out_dir=results_path.parent / "figures",
+                       progress=progress if dist.main else None)
+    if dist.main:
+        meta = {"model": model.spec["name"], "params": count_params(model), "dataset": cfg.data.name,
+                "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name,
+                "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
+        write_results(results_path, results, meta)
+    return results, results_path
+
+
+__all__ = ["BENCHMARKS", "SUITES", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "predict",
+           "read_results", "register_benchmark", "run_config", "write_results"]

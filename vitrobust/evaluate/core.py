@@ -1,0 +1,126 @@
+"""Benchmark registry, suites, sharded prediction and results.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vitrobust.checkpoint import atomic_write_text
+from vitrobust.config import Config, suggest
+from vitrobust.data import BatchLoader, ImageSet
+from vitrobust.distributed import Dist, all_gather_objects, current
+
+
+@dataclass
+class EvalContext:
+    """What a benchmark gets besides the model."""
+
+    cfg: Config
+    data: ImageSet  # the evaluation split, already cut to the subset
+    device: torch.device
+    dist: Dist = field(default_factory=current)
+    out_dir: Path | None = None  # where figures go
+    batch_size: int = 500
+
+    def loader(self, data: ImageSet | None = None) -> BatchLoader:
+        return BatchLoader(data or self.data, self.batch_size, self.device, train=False,
+                           img_size=self.cfg.data.img_size, rank=self.dist.rank, world=self.dist.world)
+
+
+Benchmark = Callable[[torch.nn.Module, EvalContext], dict]
+BENCHMARKS: dict[str, Benchmark] = {}
+SUITES: dict[str, list[str]] = {"clean": ["clean"], "quick": ["clean"]}
+
+
+def register_benchmark(name: str, suites: tuple[str, ...] = ()):
+    def wrap(fn: Benchmark) -> Benchmark:
+        BENCHMARKS[name] = fn
+        for suite in suites:
+            SUITES.setdefault(suite, [])
+            if name not in SUITES[suite]:
+                SUITES[suite].append(name)
+        return fn
+
+    return wrap
+
+
+def expand_suite(suite: str) -> list[str]:
+    names: list[str] = []
+    for part in (p.strip() for p in suite.split(",") if p.strip()):
+        if part in SUITES:
+            names += [n for n in SUITES[part] if n not in names]
+        elif part in BENCHMARKS:
+            names += [part] if part not in names else []
+        else:
+            known = sorted(set(SUITES) | set(BENCHMARKS))
+            raise ValueError(f"unknown suite or benchmark {part!r}; {suggest(part, known)}known: {', '.join(known)}")
+    return names
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, ctx: EvalContext, data: ImageSet | None = None,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 predictions and labels for every sample in dataset order, sharded over ranks."""
+    data = data or ctx.data
+    idx_parts, pred_parts = [], []
+    for batch in ctx.loader(data):
+        x = transform(batch.x) if transform else batch.x
+        pred_parts.append(model(x).argmax(-1).cpu())
+        idx_parts.append(batch.index)
+    local = (torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long),
+             torch.cat(pred_parts) if pred_parts else torch.empty(0, dtype=torch.long))
+    gathered = all_gather_objects(local)
+    index = torch.cat([g[0] for g in gathered])
+    preds = torch.cat([g[1] for g in gathered])
+    order = torch.argsort(index)
+    return preds[order], data.labels[index[order]]
+
+
+@register_benchmark("clean", suites=("clean", "quick"))
+def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
+    preds, labels = predict(model, ctx)
+    return {"top1": (preds == labels).float().mean().item(), "n": len(labels)}
+
+
+def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None) -> dict:
+    if model.training:
+        raise ValueError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
+    results = {}
+    for name in expand_suite(suite):
+        t0 = time.perf_counter()
+        results[name] = BENCHMARKS[name](model, ctx)
+        results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        if progress:
+            progress(f"{name}: {summarize(name, results[name])}")
+    return results
+
+
+def summarize(name: str, result: dict) -> str:
+    if "top1" in result:
+        return f"top1 {100 * result['top1']:.2f}% (n={result.get('n')})"
+    return json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))})[:120]
+
+
+def read_results(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it and evaluate again") from None
+
+
+def write_results(path: Path, results: dict, meta: dict | None = None) -> dict:
+    """Merge benchmark entries into results.json (atomically); other benchmarks' entries are kept."""
+    merged = read_results(path)
+    merged.update(results)
+    if meta:
+        merged["meta"] = {**merged.get("meta", {}), **meta}
+    atomic_write_text(Path(path), json.dumps(merged, indent=2, sort_keys=False))
+    return merged

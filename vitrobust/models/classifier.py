@@ -1,0 +1,53 @@
+"""The model every part of vitrobust sees: [0,1] images in, logits out, normalisation first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; `mean=None` makes it the identity (models trained on raw [0,1])."""
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None):
+        super().__init__()
+        self.enabled = mean is not None
+        c = len(mean) if mean is not None else 1
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).view(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std if self.enabled else x
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}" if self.enabled else "none"
+
+
+class ImageClassifier(nn.Module):
+    """Normalize -> timm network. `spec` holds what is needed to rebuild it (saved with the weights)."""
+
+    def __init__(self, net: nn.Module, spec: dict):
+        super().__init__()
+        self.normalize = Normalize(spec.get("mean"), spec.get("std"))
+        self.net = net
+        self.spec = dict(spec)
+        self.input_shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            c, h, w = self.input_shape
+            got = "x".join(map(str, x.shape[1:])) if x.ndim == 4 else f"a {x.ndim}-d tensor"
+            raise ValueError(
+                f"model {self.spec['name']} expects N x {c} x {h} x {w} images in [0,1], got {got}; "
+                f"resize the data (data.img_size={h}) or build the model for this size (--set model.* / data.img_size)"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.net(self.normalize(x))

@@ -1,0 +1,72 @@
+"""Loading models from run directories and weight files, never executing code from them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from vitrobust.checkpoint import FORMAT, CheckpointError, load_state, read_weights
+from vitrobust.models import ImageClassifier, build_model
+
+
+def weights_file(path: str | Path, ema: bool = False) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        file = path / ("ema.safetensors" if ema else "model.safetensors")
+        if not file.is_file():
+            hint = "train with train.ema_decay set" if ema else "finish or resume the training (vitrobust train ... --resume)"
+            raise CheckpointError(f"{path} holds no {file.name}: {hint}")
+        return file
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run directory or a .safetensors file")
+    return path
+
+
+def load_model(path: str | Path, *, ema: bool = False, device: str | torch.device = "cpu") -> ImageClassifier:
+    """A vitrobust model from a run directory or its .safetensors file, in eval mode, taking [0,1] images."""
+    file = weights_file(path, ema)
+    tensors, meta = read_weights(file)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file} is not a vitrobust checkpoint (its metadata has no vitrobust model spec); to start "
+            f"from foreign weights, train with --set model.init={file}"
+        )
+    model = build_model(json.loads(meta["spec"]))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{file} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.run_config = meta.get("config", "")
+    return model.eval().to(device)
+
+
+def init_from(model: ImageClassifier, path: str | Path) -> dict:
+    """Start from other weights (fine-tuning): a vitrobust run/file, or a plain timm state dict.
+
+    Tensors whose shape differs (e.g. a classifier head for another number of classes) are skipped
+    with a warning; returns {"loaded": n, "skipped": [...]}.
+    """
+    file = weights_file(path)
+    if file.suffix == ".safetensors":
+        tensors, _ = read_weights(file)
+    else:
+        state = load_state(file)
+        tensors = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        if not isinstance(tensors, dict):
+            raise CheckpointError(f"{file} holds no state dict")
+    if not any(k.startswith("net.") for k in tensors):
+        tensors = {f"net.{k}": v for k, v in tensors.items()}
+    own = model.state_dict()
+    keep = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+    if not keep:
+        raise CheckpointError(f"{file} shares no tensor with {model.spec['name']}: is it weights for another model?")
+    skipped = sorted(k for k in tensors if k not in keep)
+    if skipped:
+        warnings.warn(f"model.init: skipped {len(skipped)} tensors that do not fit ({', '.join(skipped[:4])}...)",
+                      stacklevel=2)
+    if any(k.startswith("normalize.") for k in keep):  # keep this run's normalisation
+        keep = {k: v for k, v in keep.items() if not k.startswith("normalize.")}
+    model.load_state_dict(keep, strict=False)
+    return {"loaded": len(keep), "skipped": skipped}

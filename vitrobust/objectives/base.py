@@ -1,0 +1,63 @@
+"""The Objective interface: `loss(model, batch, state) -> (loss, logs)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ObjectiveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # integer epoch, 0-based
+    step: int = 0  # global optimizer step
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    model: Any = None  # the unwrapped model, for passes that must not sync DDP gradients (attacks)
+
+    @property
+    def progress(self) -> float:
+        return (self.epoch + (self.step % self.steps_per_epoch) / self.steps_per_epoch) / self.epochs
+
+
+class Objective:
+    """Subclasses set `name`, a `Params` model, and implement `loss`.
+
+    `loss` receives the (possibly DDP-wrapped) model in train mode and a Batch on the device; it
+    returns a scalar loss to minimise and a dict of detached scalars to log (at least `acc`).
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[ObjectiveParams]] = ObjectiveParams
+
+    def __init__(self, params: ObjectiveParams, **context):
+        self.params = params
+        self.context = context
+
+    def loss(self, model, batch, state: TrainState) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    # helpers shared by objectives
+    def soft_targets(self, batch, num_classes: int) -> torch.Tensor:
+        """Targets as probabilities, label smoothing applied (mixing is linear, so order does not matter)."""
+        t = batch.target if batch.target is not None else F.one_hot(batch.y, num_classes).float()
+        ls = self.params.label_smoothing
+        return t * (1 - ls) + ls / num_classes if ls else t
+
+    def cross_entropy(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        if batch.target is None:
+            return F.cross_entropy(logits.float(), batch.y, label_smoothing=self.params.label_smoothing)
+        target = self.soft_targets(batch, logits.shape[-1])
+        return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+    @staticmethod
+    def accuracy(logits: torch.Tensor, batch) -> torch.Tensor:
+        return (logits.argmax(-1) == batch.y).float().mean().detach()

@@ -1,0 +1,15 @@
+"""Standard training: cross-entropy with label smoothing and soft (mixup/cutmix) targets."""
+
+from __future__ import annotations
+
+from vitrobust.objectives.base import Objective, ObjectiveParams
+
+
+class Standard(Objective):
+    name = "standard"
+    Params = ObjectiveParams
+
+    def loss(self, model, batch, state):
+        logits = model(batch.x)
+        loss = self.cross_entropy(logits, batch)
+        return loss, {"loss": loss.detach(), "acc": self.accuracy(logits, batch)}

@@ -1,0 +1,95 @@
+"""Reports rebuilt from run directories (results.json, metrics.jsonl): HTML and Markdown."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from vitrobust.checkpoint import atomic_write_text
+from vitrobust.evaluate.core import read_results
+from vitrobust.report.plots import training_curves
+from vitrobust.train.metrics import read_metrics
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.warn{color:#a40}"""
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def summary_rows(runs: list[Path]) -> tuple[list[str], list[list[str]]]:
+    """One row per run: name, model, params, then each benchmark's headline number."""
+    header = ["run", "model", "params (M)", "train s", "clean top1 %", "n"]
+    rows = []
+    for run in runs:
+        res = read_results(run / "results.json")
+        meta = res.get("meta", {})
+        clean = res.get("clean", {})
+        params = meta.get("params")
+        seconds = sum(r.get("seconds", 0.0) for r in read_metrics(run) if r.get("kind") == "epoch")
+        rows.append([
+            run.name, str(meta.get("model", "-")), f"{params / 1e6:.2f}" if params else "-",
+            f"{seconds:.0f}" if seconds else "-", _pct(clean.get("top1")),
+            str(clean.get("n", "-")),
+        ])
+    return header, rows
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path | None = None, title: str = "vitrobust report") -> Path:
+    runs = [Path(r) for r in run_dirs]
+    for run in runs:
+        if not (run / "results.json").is_file():
+            raise FileNotFoundError(f"{run} has no results.json: run `vitrobust evaluate {run}` first")
+    out = Path(out) if out else (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    figures = out.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    header, rows = summary_rows(runs)
+
+    images: list[tuple[str, Path]] = []
+    curves = training_curves({run.name: read_metrics(run) for run in runs}, figures / "training_curves.png")
+    if curves:
+        images.append(("Training curves", curves))
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<h2>Results</h2>", _html_table(header, rows)]
+    for caption, path in images:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Raw results</h2>")
+    for run in runs:
+        raw = json.dumps(read_results(run / "results.json"), indent=1)
+        parts.append(f"<details><summary>{html.escape(run.name)}</summary><pre>{html.escape(raw)}</pre></details>")
+    parts.append("</body></html>")
+    atomic_write_text(out, "\n".join(parts))
+
+    md = [f"# {title}", "", markdown_table(header, rows), ""]
+    md += [f"## {caption}\n\n![{caption}](figures/{path.name})\n" for caption, path in images]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md))
+    return out
+
+
+__all__ = ["build_report", "markdown_table", "summary_rows", "text_table"]

@@ -1,0 +1,298 @@
+"""The one training loop. A method plugs in as an Objective; everything else is shared."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vitrobust.checkpoint import CheckpointError, atomic_write_text, load_state, save_state, save_weights
+from vitrobust.config import Config
+from vitrobust.data import BatchLoader, load_split
+from vitrobust.evaluate.core import EvalContext, clean
+from vitrobust.models import count_params, create_model
+from vitrobust.models.io import init_from
+from vitrobust.objectives import TrainState, build_objective
+from vitrobust.distributed import any_true, barrier, setup_distributed
+from vitrobust.train.metrics import MetricsLog
+
+STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = "vitrobust-trainer-v1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is left as it was."""
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Reseed every RNG per step: resumed runs draw exactly what an uninterrupted run would."""
+    s = (seed * 1_000_003 + step * 997 + rank) % (2**31)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if s.name == "cosine":
+        cooldown = int(s.cooldown_epochs * steps_per_epoch)
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - cooldown), lr_min=s.min_lr, warmup_t=warmup,
+                                 warmup_lr_init=s.warmup_lr, t_in_epochs=False, cycle_limit=1)
+    rate = s.decay_rate if s.name == "step" else 1.0
+    return StepLRScheduler(optimizer, decay_t=max(1, int(s.decay_epochs * steps_per_epoch)), decay_rate=rate,
+                           warmup_t=warmup, warmup_lr_init=s.warmup_lr, t_in_epochs=False)
+
+
+def _config_diff(old: str, new: str) -> str:
+    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), "saved", "given", lineterm="", n=0)
+    return "\n".join(list(lines)[2:12])
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dist = setup_distributed(cfg.device)
+        self.device = self.dist.device
+        self._prepare_run_dir(resume)
+        seed_step(cfg.seed, 0, 0)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.train_set = load_split(cfg.data, "train")
+        test = load_split(cfg.data, "test")
+        self.eval_set = test.subset(cfg.train.eval_subset)
+        self.model = create_model(cfg, self.train_set).to(self.device)
+        self.init_info = init_from(self.model, cfg.model.init) if cfg.model.init else None
+        self.model.to(self.device)
+        self.loader = BatchLoader(self.train_set, cfg.data.batch_size, self.device, train=True,
+                                  img_size=cfg.data.img_size, augment=cfg.augment, seed=cfg.seed,
+                                  rank=self.dist.rank, world=self.dist.world, num_workers=cfg.data.num_workers)
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set has {len(self.train_set)} samples, fewer than one batch "
+                             f"(data.batch_size={cfg.data.batch_size}): lower the batch size")
+        self.objective = build_objective(cfg.objective, cfg=cfg, dataset=self.train_set, device=self.device)
+        o = cfg.optim
+        self.optimizer = create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                             **({"betas": o.betas} if "adam" in o.name else {"momentum": o.momentum}))
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.mixup = self._mixup()
+        a = cfg.augment
+        self.erasing = RandomErasing(a.random_erasing, mode="pixel", device=str(self.device)) if a.random_erasing else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
+        self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        self.metrics = MetricsLog(self.run_dir, enabled=self.dist.main)
+        self.state = TrainState(epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch, model=self.model)
+        self.best = -math.inf
+        self.start_epoch, self.start_batch = 0, 0
+        self.show_progress = progress and self.dist.main
+        if resume:
+            self._load_checkpoint()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        state = self.run_dir / STATE_FILE
+        config_yaml = self.cfg.to_yaml()
+        if state.exists() and not resume:
+            raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
+                                  f"or choose another --out")
+        if resume and (self.run_dir / "config.yaml").is_file():
+            saved = (self.run_dir / "config.yaml").read_text()
+            if saved != config_yaml and self.dist.main:
+                print(f"note: resuming with a config that differs from the saved one:\n{_config_diff(saved, config_yaml)}")
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", config_yaml)
+        barrier()
+
+    def _mixup(self):
+        a = self.cfg.augment
+        if not (a.mixup > 0 or a.cutmix > 0):
+            return None
+        if (self.cfg.data.batch_size // self.dist.world) % 2:
+            raise ValueError("mixup/cutmix pair samples within a batch: use an even per-rank batch size")
+        return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
+                     label_smoothing=0.0, num_classes=self.train_set.num_classes)
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _save_checkpoint(self, epoch: int, batch: int) -> None:
+        """Resume point = (epoch, next batch). State first, then the published weights, each atomic."""
+        if not self.dist.main:
+            barrier()
+            return
+        state = {
+            "format": STATE_FORMAT, "epoch": epoch, "batch": batch, "step": self.state.step, "best": self.best,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+        save_state(state, self.run_dir / STATE_FILE)
+        spec, config_yaml = self.model.spec, self.cfg.to_yaml()
+        save_weights(self.model, self.run_dir / "model.safetensors", spec, config_yaml, step=self.state.step)
+        if self.ema:
+            save_weights(self.ema.module, self.run_dir / "ema.safetensors", spec, config_yaml, step=self.state.step)
+        barrier()
+
+    def _load_checkpoint(self) -> None:
+        path = self.run_dir / STATE_FILE
+        if not path.exists():  # nothing to resume yet: start from scratch
+            return
+        state = load_state(path)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path} is not a vitrobust trainer state; delete it to restart the run")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema and state.get("ema") is not None:
+                self.ema.module.load_state_dict(state["ema"])
+            if self.scaler and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path} does not fit this config's model/optimizer ({str(err)[:300]}); "
+                                  f"resume with the config the run was started with") from None
+        self.state.step, self.best = state["step"], state.get("best", -math.inf)
+        self.start_epoch, self.start_batch = state["epoch"], state["batch"]
+        self.scheduler.step_update(self.state.step)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        start_epoch, start_batch = self.start_epoch, self.start_batch
+        if start_epoch >= cfg.train.epochs:
+            if self.dist.main:
+                print(f"{self.run_dir}: already trained for {cfg.train.epochs} epochs")
+            return self.run_dir
+        if self.dist.main and start_epoch == 0 and start_batch == 0:
+            self.metrics.log("start", params=count_params(self.model), model=self.model.spec["name"],
+                             world=self.dist.world, steps_per_epoch=self.steps_per_epoch,
+                             init=self.init_info)
+        self.scheduler.step_update(self.state.step)
+        for epoch in range(start_epoch, cfg.train.epochs):
+            self._train_epoch(epoch, start_batch if epoch == start_epoch else 0)
+        return self.run_dir
+
+    def _train_epoch(self, epoch: int, start_batch: int) -> None:
+        cfg, state = self.cfg, self.state
+        state.epoch = epoch
+        self.loader.set_epoch(epoch, start_batch)
+        self.ddp.train()
+        window = {"loss": 0.0, "acc": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+        totals = {"loss": 0.0, "acc": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+        bar = tqdm(self.loader, total=len(self.loader) - start_batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.show_progress, leave=False, dynamic_ncols=True)
+        for i, batch in enumerate(bar, start=start_batch):
+            seed_step(cfg.seed, state.step, self.dist.rank)
+            if self.mixup is not None:
+                batch.x, batch.target = self.mixup(batch.x, batch.y)
+            if self.erasing is not None:
+                batch.x = self.erasing(batch.x).clamp_(0, 1)
+            logs = self._step(batch)
+            n = len(batch) * self.dist.world
+            for acc in (window, totals):
+                acc["loss"] += logs["loss"]
+                acc["acc"] += logs["acc"]
+                acc["n"] += 1
+                acc["images"] += n
+            if state.step % cfg.train.log_every == 0:
+                self._log_window("train", window, epoch)
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
+                self._save_checkpoint(epoch, i + 1)
+        bar.close()
+        self._end_epoch(epoch, totals)
+
+    def _step(self, batch) -> dict:
+        cfg, state = self.cfg, self.state
+        with autocast(self.device, cfg.train.precision):
+            loss, logs = self.objective.loss(self.ddp, batch, state)
+        if any_true(not bool(torch.isfinite(loss.detach())), self.device):
+            self.metrics.log("diverged", epoch=state.epoch, step=state.step, loss=float(loss.detach()))
+            raise TrainingDiverged(
+                f"loss is {float(loss.detach())} at epoch {state.epoch + 1}, step {state.step}: training stopped. "
+                f"The last good checkpoint in {self.run_dir} is intact. Lower optim.lr, set optim.clip_grad, or "
+                f"use train.precision=fp32, then continue with --resume."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.optim.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        state.step += 1
+        self.scheduler.step_update(state.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=state.step)
+        return {k: float(v) for k, v in logs.items()}
+
+    def _log_window(self, kind: str, window: dict, epoch: int) -> dict:
+        elapsed = max(time.perf_counter() - window["t"], 1e-9)
+        row = {"epoch": epoch + 1, "step": self.state.step, "loss": window["loss"] / max(window["n"], 1),
+               "acc": window["acc"] / max(window["n"], 1), "lr": self.optimizer.param_groups[0]["lr"],
+               "img_per_s": window["images"] / elapsed, "seconds": elapsed}
+        self.metrics.log(kind, **row)
+        window.update(loss=0.0, acc=0.0, n=0, images=0, t=time.perf_counter())
+        return row
+
+    def _end_epoch(self, epoch: int, totals: dict) -> None:
+        cfg = self.cfg
+        row = self._log_window("epoch", dict(totals), epoch) if totals["n"] else {}
+        last = epoch + 1 == cfg.train.epochs
+        if (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0) or last:
+            evals = self._evaluate()
+            self.metrics.log("eval", epoch=epoch + 1, step=self.state.step, **evals)
+            row.update(evals)
+            if cfg.train.keep_best and evals["test_top1"] > self.best and self.dist.main:
+                self.best = evals["test_top1"]
+                save_weights(self.model, self.run_dir / "best.safetensors", self.model.spec, cfg.to_yaml(),
+                             step=self.state.step, epoch=epoch + 1)
+        self._save_checkpoint(epoch + 1, 0)
+        if self.dist.main:
+            parts = [f"epoch {epoch + 1}/{cfg.train.epochs}"]
+            parts += [f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "acc", "test_top1", "ema_top1", "img_per_s")]
+            print("  ".join(parts), flush=True)
+
+    def _evaluate(self) -> dict:
+        ctx = EvalContext(cfg=self.cfg, data=self.eval_set, device=self.device, dist=self.dist,
+                          batch_size=self.cfg.data.eval_batch_size)
+        self.model.eval()
+        out = {"test_top1": clean(self.model, ctx)["top1"]}
+        if self.ema is not None:
+            out["ema_top1"] = clean(self.ema.module, ctx)["top1"]
+        self.model.train()
+        return out
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    return Trainer(cfg, run_dir, resume=resume, progress=progress).fit()
