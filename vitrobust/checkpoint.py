@@ -16,10 +16,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from vitrobust.errors import UserError
+
 FORMAT = "vitrobust-weights-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, corrupt, foreign or unsafe."""
 
 

@@ -6,12 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitrobust.checkpoint import CheckpointError
-from vitrobust.config import CONFIG_DIR, ConfigError, load_config
-from vitrobust.data import DatasetError
-from vitrobust.models import ModelError
+from vitrobust.config import CONFIG_DIR, load_config
+from vitrobust.errors import UserError
 
-USER_ERRORS = (ConfigError, DatasetError, ModelError, CheckpointError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -95,17 +93,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from vitrobust.train import TrainingDiverged
-
     try:
-        code = args.func(args)
+        return args.func(args)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        code = 2
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 3
-    return code
+        return 2
 
 
 def run() -> None:

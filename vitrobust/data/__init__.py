@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from vitrobust.config import DataConfig, suggest
 from vitrobust.data.base import DatasetError, ImageSet

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
+
+from vitrobust.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(UserError, FileNotFoundError):
     """A dataset that cannot be found or read, with a message that says how to fix it."""
 
 

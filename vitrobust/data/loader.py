@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vitrobust.config import AugmentConfig
+from vitrobust.config import AugmentConfig, ConfigError
 from vitrobust.data.augment import BatchAugment, randaugment_transform
 from vitrobust.data.base import ImageSet
 
@@ -62,7 +62,7 @@ class BatchLoader:
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch, self.skip = 0, 0
         if train and batch_size % world:
-            raise ValueError(f"data.batch_size={batch_size} must be divisible by the number of ranks ({world})")
+            raise ConfigError(f"data.batch_size={batch_size} must be divisible by the number of ranks ({world})")
         self.batch_size = batch_size
         aug = augment if train else None
         self.batch_augment = BatchAugment(aug, len(data), seed) if aug else None

@@ -10,19 +10,28 @@ import yaml
 
 from vitrobust.config import Config, apply_overrides, build_config
 from vitrobust.data import ImageSet, load_split
+from vitrobust.distributed import setup_distributed
 from vitrobust.evaluate.core import (
-    BENCHMARKS, SUITES, EvalContext, expand_suite, predict, read_results, register_benchmark, run_suite, write_results,
+    BENCHMARKS,
+    SUITES,
+    EvalContext,
+    expand_suite,
+    predict,
+    read_results,
+    register_benchmark,
+    run_suite,
+    write_results,
 )
 from vitrobust.models import count_params
 from vitrobust.models.io import load_model, weights_file
-from vitrobust.distributed import setup_distributed
 
 
 def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
              subset: int | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
              out_dir: str | Path | None = None, progress=None) -> dict:
     """Run a suite (or comma-separated benchmarks) on a [0,1]-input model in eval mode."""
-    cfg = cfg or Config()
+    if cfg is None:
+        cfg = run_config(model) if getattr(model, "run_config", "") else Config()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if data is None:
         data = load_split(cfg.data, "test")

@@ -14,6 +14,7 @@ from vitrobust.checkpoint import atomic_write_text
 from vitrobust.config import Config, suggest
 from vitrobust.data import BatchLoader, ImageSet
 from vitrobust.distributed import Dist, all_gather_objects, current
+from vitrobust.errors import InputError
 
 
 @dataclass
@@ -58,7 +59,7 @@ def expand_suite(suite: str) -> list[str]:
             names += [part] if part not in names else []
         else:
             known = sorted(set(SUITES) | set(BENCHMARKS))
-            raise ValueError(f"unknown suite or benchmark {part!r}; {suggest(part, known)}known: {', '.join(known)}")
+            raise InputError(f"unknown suite or benchmark {part!r}; {suggest(part, known)}known: {', '.join(known)}")
     return names
 
 
@@ -89,7 +90,7 @@ def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
 
 def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None) -> dict:
     if model.training:
-        raise ValueError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
+        raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
     results = {}
     for name in expand_suite(suite):
         t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def read_results(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it and evaluate again") from None
+        raise InputError(f"{path} is not valid JSON ({err}); delete it and evaluate again") from None
 
 
 def write_results(path: Path, results: dict, meta: dict | None = None) -> dict:

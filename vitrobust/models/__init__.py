@@ -7,11 +7,12 @@ import torch
 
 from vitrobust.config import Config, suggest
 from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
+from vitrobust.errors import UserError
 from vitrobust.models import small_vits  # noqa: F401  (registers the 32-px ViTs in timm)
 from vitrobust.models.classifier import ImageClassifier, Normalize
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be built, with a message that says how to fix it."""
 
 

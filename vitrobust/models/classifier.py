@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vitrobust.errors import InputError
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel; `mean=None` makes it the identity (models trained on raw [0,1])."""
@@ -43,7 +45,7 @@ class ImageClassifier(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             c, h, w = self.input_shape
             got = "x".join(map(str, x.shape[1:])) if x.ndim == 4 else f"a {x.ndim}-d tensor"
-            raise ValueError(
+            raise InputError(
                 f"model {self.spec['name']} expects N x {c} x {h} x {w} images in [0,1], got {got}; "
                 f"resize the data (data.img_size={h}) or build the model for this size (--set model.* / data.img_size)"
             )

@@ -20,20 +20,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vitrobust.checkpoint import CheckpointError, atomic_write_text, load_state, save_state, save_weights
-from vitrobust.config import Config
+from vitrobust.config import Config, ConfigError
 from vitrobust.data import BatchLoader, load_split
+from vitrobust.distributed import any_true, barrier, setup_distributed
+from vitrobust.errors import UserError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
 from vitrobust.models.io import init_from
 from vitrobust.objectives import TrainState, build_objective
-from vitrobust.distributed import any_true, barrier, setup_distributed
 from vitrobust.train.metrics import MetricsLog
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "vitrobust-trainer-v1"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left as it was."""
 
 
@@ -90,7 +91,7 @@ class Trainer:
                                   rank=self.dist.rank, world=self.dist.world, num_workers=cfg.data.num_workers)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set has {len(self.train_set)} samples, fewer than one batch "
+            raise ConfigError(f"the training set has {len(self.train_set)} samples, fewer than one batch "
                              f"(data.batch_size={cfg.data.batch_size}): lower the batch size")
         self.objective = build_objective(cfg.objective, cfg=cfg, dataset=self.train_set, device=self.device)
         o = cfg.optim
@@ -133,7 +134,7 @@ class Trainer:
         if not (a.mixup > 0 or a.cutmix > 0):
             return None
         if (self.cfg.data.batch_size // self.dist.world) % 2:
-            raise ValueError("mixup/cutmix pair samples within a batch: use an even per-rank batch size")
+            raise ConfigError("mixup/cutmix pair samples within a batch: use an even per-rank batch size")
         return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
                      label_smoothing=0.0, num_classes=self.train_set.num_classes)
 
