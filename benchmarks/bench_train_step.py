@@ -68,7 +68,7 @@ def raw_step(trainer: Trainer, batches: list):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=10, help="timed steps per case (after warm-up)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per case (after warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per case first")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--model", default=None, help="model name (default: the quickstart model)")

@@ -71,6 +71,7 @@ class BatchLoader:
             transform = randaugment_transform(aug.randaugment, data.in_chans, data.img_size)
         self.samples = _Samples(data, transform) if (data.images is None or transform) else None
         self.num_workers = num_workers
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_batches

@@ -75,17 +75,16 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dist = setup_distributed(cfg.device)
         self.device = self.dist.device
-        self._prepare_run_dir(resume)
+        if (self.run_dir / STATE_FILE).exists() and not resume:
+            raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
+                                  f"or choose another --out")
         seed_step(cfg.seed, 0, 0)
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
 
         self.train_set = load_split(cfg.data, "train")
         test = load_split(cfg.data, "test")
         self.eval_set = test.subset(cfg.train.eval_subset)
         self.model = create_model(cfg, self.train_set).to(self.device)
         self.init_info = init_from(self.model, cfg.model.init) if cfg.model.init else None
-        self.model.to(self.device)
         self.loader = BatchLoader(self.train_set, cfg.data.batch_size, self.device, train=True,
                                   img_size=cfg.data.img_size, augment=cfg.augment, seed=cfg.seed,
                                   rank=self.dist.rank, world=self.dist.world, num_workers=cfg.data.num_workers)
@@ -109,17 +108,15 @@ class Trainer:
         self.best = -math.inf
         self.start_epoch, self.start_batch = 0, 0
         self.show_progress = progress and self.dist.main
+        self._write_config(resume)
         if resume:
             self._load_checkpoint()
 
     # --- setup ------------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, resume: bool) -> None:
-        state = self.run_dir / STATE_FILE
+    def _write_config(self, resume: bool) -> None:
+        """Written once everything was built from it, so a config that fails leaves no run behind."""
         config_yaml = self.cfg.to_yaml()
-        if state.exists() and not resume:
-            raise FileExistsError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
-                                  f"or choose another --out")
         if resume and (self.run_dir / "config.yaml").is_file():
             saved = (self.run_dir / "config.yaml").read_text()
             if saved != config_yaml and self.dist.main:
