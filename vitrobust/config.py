@@ -99,10 +99,27 @@ class TrainConfig(Section):
     keep_best: bool = Field(False, description="also keep best.safetensors by validation metric")
 
 
+class AttackConfig(Section):
+    """Threat model and budget of the adversarial benchmarks (pgd, autoattack, eps_sweep)."""
+
+    norm: Literal["Linf", "L2"] = "Linf"
+    eps: float = Field(8 / 255, ge=0)
+    steps: int = Field(10, ge=1, description="pgd benchmark: iterations")
+    step_size: float | None = Field(None, description="pgd benchmark: default 2.5*eps/steps")
+    restarts: int = Field(1, ge=1)
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attacks: list[str] | None = Field(None, description="AutoAttack version=custom: e.g. [apgd-ce, apgd-t]")
+    eps_list: list[float] | None = Field(None, description="eps_sweep: eps values (default: 0..2*eps)")
+    subset: int | None = Field(1000, ge=1, description="first n test samples for adversarial benchmarks")
+    gradient: Literal["auto", "exact", "straight-through"] = "auto"
+    seed: int = 0
+
+
 class EvaluateConfig(Section):
     suite: str = "clean"
     subset: int | None = Field(None, ge=1, description="first n test samples")
     use_ema: bool = False
+    attack: AttackConfig = Field(default_factory=AttackConfig)
 
 
 class Config(Section):
