@@ -79,8 +79,9 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError here
+        first_line = (str(err).splitlines() or [""])[0][:200]  # EOFError() of an empty file has no text
         raise CheckpointError(
-            f"{path} cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
+            f"{path} cannot be loaded safely ({type(err).__name__}: {first_line}); it is "
             f"corrupt, truncated or holds pickled objects, which vitrobust never executes. Delete it to "
             f"restart the run from scratch."
         ) from None

@@ -8,6 +8,7 @@ Unknown keys are errors that name the closest valid key.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vitrobust.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class ConfigError(UserError, ValueError):
@@ -67,6 +69,8 @@ class ModelConfig(Section):
     drop_path_rate: float = 0.0
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for timm")
     init: str | None = Field(None, description="run dir or .safetensors to start from (fine-tuning)")
+    adapt_patch_size: int | None = Field(None, ge=1, description="after init, change the patch size (16 -> 4)")
+    init_img_size: int = Field(224, ge=1, description="image size the init weights were trained at")
 
 
 class OptimConfig(Section):
@@ -192,13 +196,23 @@ def read_config_dict(name: str | Path, _seen: tuple = ()) -> dict:
     return _deep_merge(parent, raw)
 
 
+def _parse_value(text: str):
+    """A YAML scalar/list/mapping; also floats YAML 1.1 reads as strings (1e-3)."""
+    if text == "":
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        return float(value)
+    return value
+
+
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     raw = dict(raw)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=1e-3)")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else None
+        value = _parse_value(text)
         parts = key.strip().split(".")
         node = {}
         cursor = node
@@ -230,7 +244,8 @@ def _explain(err: ValidationError) -> str:
             hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
             lines.append(f"unknown config key {dotted!r}; {hint} valid keys here: {', '.join(valid)}")
         elif item["type"] == "value_error":
-            lines.append(f"{dotted}: {item['msg'].removeprefix('Value error, ')}")
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(msg if msg.startswith(dotted) else f"{dotted}: {msg}")
         else:
             lines.append(f"{dotted}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -6,5 +6,9 @@ class UserError(Exception):
     """Base of every error the command line reports as `error: ...` with exit code 2."""
 
 
+class ModelError(UserError, ValueError):
+    """A model that cannot be built or adapted, with a message that says how to fix it."""
+
+
 class InputError(UserError, ValueError):
     """Images or arguments a model or benchmark cannot take (shape, range, mode, unknown names)."""

@@ -7,13 +7,10 @@ import torch
 
 from vitrobust.config import Config, suggest
 from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
-from vitrobust.errors import UserError
+from vitrobust.errors import ModelError
 from vitrobust.models import small_vits  # noqa: F401  (registers the 32-px ViTs in timm)
+from vitrobust.models.adapt import adapt_patch_size
 from vitrobust.models.classifier import ImageClassifier, Normalize
-
-
-class ModelError(UserError, ValueError):
-    """A model that cannot be built, with a message that says how to fix it."""
 
 
 def _stats(value, dataset_value, in_chans: int, what: str):
@@ -49,7 +46,9 @@ def build_model(spec: dict) -> ImageClassifier:
             f"unknown model {name!r}; {suggest(name, timm.list_models())}any timm model name works "
             f"(timm.list_models('*vit*')), plus vitrobust's {', '.join(small_vits.SMALL_VITS)}"
         )
-    kwargs = {"num_classes": spec["num_classes"], "in_chans": spec["in_chans"], "img_size": spec["img_size"],
+    adapt = spec.get("adapt")
+    kwargs = {"num_classes": spec["num_classes"], "in_chans": spec["in_chans"],
+              "img_size": adapt["from_img_size"] if adapt else spec["img_size"],
               "drop_rate": spec.get("drop_rate", 0.0), "drop_path_rate": spec.get("drop_path_rate", 0.0)}
     if spec.get("patch_size"):
         kwargs["patch_size"] = spec["patch_size"]
@@ -58,11 +57,29 @@ def build_model(spec: dict) -> ImageClassifier:
         net = timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise ModelError(f"cannot build {name} with {kwargs}: {err}") from None
-    return ImageClassifier(net, spec)
+    model = ImageClassifier(net, {k: v for k, v in spec.items() if k != "adapt"})
+    if adapt:
+        adapt_patch_size(model, adapt["patch_size"], spec["img_size"])
+    return model
 
 
-def create_model(cfg: Config, data: ImageSet) -> ImageClassifier:
-    return build_model(model_spec(cfg, data))
+def create_model(cfg: Config, data: ImageSet) -> tuple[ImageClassifier, dict | None]:
+    """Build the configured model; start from `model.init` weights and adapt its patch size if asked.
+
+    With `model.adapt_patch_size` the network is first built at `model.init_img_size` so the
+    init weights fit, then its patch embedding and position embedding are adapted to the data.
+    """
+    from vitrobust.models.io import init_from
+
+    spec = model_spec(cfg, data)
+    target_size = spec["img_size"]
+    if cfg.model.adapt_patch_size:
+        spec["img_size"] = cfg.model.init_img_size
+    model = build_model(spec)
+    info = init_from(model, cfg.model.init) if cfg.model.init else None
+    if cfg.model.adapt_patch_size:
+        adapt_patch_size(model, cfg.model.adapt_patch_size, target_size)
+    return model, info
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -15,10 +15,10 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None):
         super().__init__()
-        self.enabled = mean is not None
-        c = len(mean) if mean is not None else 1
-        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).view(1, c, 1, 1))
+        self.enabled = mean is not None or std is not None
+        # each buffer has its own length: std=None with a per-channel mean means "divide by 1"
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0]).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std if self.enabled else x

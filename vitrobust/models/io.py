@@ -34,10 +34,22 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
             f"{file} is not a vitrobust checkpoint (its metadata has no vitrobust model spec); to start "
             f"from foreign weights, train with --set model.init={file}"
         )
-    model = build_model(json.loads(meta["spec"]))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{file} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        spec = json.loads(meta.get("spec", ""))
+        if not isinstance(spec, dict) or not {"name", "num_classes", "in_chans", "img_size"} <= spec.keys():
+            raise ValueError("expected a mapping with name, num_classes, in_chans and img_size")
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{file} has a damaged model spec in its metadata ({err}); restore the file "
+                              f"or re-run the training") from None
+    model = build_model(spec)
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [k for k in tensors if k in own and tensors[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{file} does not match its model spec: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+    model.load_state_dict(tensors)
     model.run_config = meta.get("config", "")
     return model.eval().to(device)
 

@@ -38,7 +38,8 @@ def objective_params(section: dict[str, Any]):
         for item in err.errors():
             key = ".".join(map(str, item["loc"]))
             if item["type"] == "extra_forbidden":
-                msgs.append(f"unknown key objective.{key} for objective {name!r}; {suggest(key, valid)}valid: {', '.join(valid)}")
+                msgs.append(f"objective.{key}: unknown key for objective {name!r}; {suggest(key, valid)}"
+                            f"valid: {', '.join(valid)}")
             else:
                 msgs.append(f"objective.{key}: {item['msg']} (got {item.get('input')!r})")
         raise ConfigError("; ".join(msgs)) from None

@@ -26,7 +26,6 @@ from vitrobust.distributed import any_true, barrier, setup_distributed
 from vitrobust.errors import UserError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
-from vitrobust.models.io import init_from
 from vitrobust.objectives import TrainState, build_objective
 from vitrobust.train.metrics import MetricsLog
 
@@ -83,8 +82,8 @@ class Trainer:
         self.train_set = load_split(cfg.data, "train")
         test = load_split(cfg.data, "test")
         self.eval_set = test.subset(cfg.train.eval_subset)
-        self.model = create_model(cfg, self.train_set).to(self.device)
-        self.init_info = init_from(self.model, cfg.model.init) if cfg.model.init else None
+        self.model, self.init_info = create_model(cfg, self.train_set)
+        self.model.to(self.device)
         self.loader = BatchLoader(self.train_set, cfg.data.batch_size, self.device, train=True,
                                   img_size=cfg.data.img_size, augment=cfg.augment, seed=cfg.seed,
                                   rank=self.dist.rank, world=self.dist.world, num_workers=cfg.data.num_workers)
