@@ -47,6 +47,7 @@ class AugmentConfig(Section):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_padding: int = 4
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     hflip: bool = False
     color_jitter: float = Field(0.0, ge=0.0)
     randaugment: str | None = Field(None, description="timm RandAugment string, e.g. rand-m9-mstd0.5")

@@ -37,7 +37,8 @@ class BatchAugment:
             return x
         u = self.params[index].to(x.device, x.dtype)
         if self.cfg.crop != "none" or self.cfg.hflip:
-            x = F.grid_sample(x, self._grid(u, x), mode="bilinear", padding_mode="zeros", align_corners=False)
+            mode = self.cfg.interpolation if self.cfg.crop == "rrc" else "bilinear"  # pad-crop shifts are exact
+            x = F.grid_sample(x, self._grid(u, x), mode=mode, padding_mode="zeros", align_corners=False)
         if self.cfg.color_jitter > 0:
             x = self._jitter(x, u[:, 4:7])
         return x.clamp_(0.0, 1.0)
