@@ -21,6 +21,9 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
+from vitrobust.objectives import adversarial  # noqa: E402, F401  (registers pgd_at, trades, fgsm_rs)
+
+
 def objective_params(section: dict[str, Any]):
     from vitrobust.config import ConfigError, suggest
 

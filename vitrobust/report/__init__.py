@@ -22,21 +22,35 @@ def _pct(value) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
+# (benchmark, key, column label): the headline numbers of the summary table, when present
+HEADLINES = [
+    ("clean", "top1", "clean top1 %"),
+    ("pgd", "robust_top1", "PGD top1 %"),
+    ("autoattack", "robust_top1", "AutoAttack top1 %"),
+]
+
+
+def _threat(entry: dict) -> str:
+    eps = entry.get("eps")
+    return f" ({entry.get('norm', '')} {eps:.3g})" if isinstance(eps, (int, float)) else ""
+
+
 def summary_rows(runs: list[Path]) -> tuple[list[str], list[list[str]]]:
-    """One row per run: name, model, params, then each benchmark's headline number."""
-    header = ["run", "model", "params (M)", "train s", "clean top1 %", "n"]
+    """One row per run: name, model, params, training time, then each benchmark's headline number."""
+    results = {run: read_results(run / "results.json") for run in runs}
+    shown = [(b, k, label) for b, k, label in HEADLINES if any(k in r.get(b, {}) for r in results.values())]
+    header = ["run", "model", "params (M)", "train s"]
+    for b, _, label in shown:
+        example = next(r[b] for r in results.values() if b in r)
+        header.append(label + _threat(example))
     rows = []
-    for run in runs:
-        res = read_results(run / "results.json")
+    for run, res in results.items():
         meta = res.get("meta", {})
-        clean = res.get("clean", {})
         params = meta.get("params")
         seconds = sum(r.get("seconds", 0.0) for r in read_metrics(run) if r.get("kind") == "epoch")
-        rows.append([
-            run.name, str(meta.get("model", "-")), f"{params / 1e6:.2f}" if params else "-",
-            f"{seconds:.0f}" if seconds else "-", _pct(clean.get("top1")),
-            str(clean.get("n", "-")),
-        ])
+        row = [run.name, str(meta.get("model", "-")), f"{params / 1e6:.2f}" if params else "-",
+               f"{seconds:.0f}" if seconds else "-"]
+        rows.append(row + [_pct(res.get(b, {}).get(k)) for b, k, _ in shown])
     return header, rows
 
 
