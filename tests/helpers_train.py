@@ -6,16 +6,17 @@ batch 32 (8 steps per epoch), 128 test images, per-epoch evaluation on 64 of the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from vitrobust.config import Config, load_config
+from vitrobust.train import train
 
 BIN = Path(sys.executable).parent
 TORCHRUN = BIN / "torchrun"
@@ -88,9 +89,22 @@ def assert_tensors_differ(a: dict, b: dict) -> None:
     assert any(not torch.equal(a[k], b[k]) for k in a), "expected different weights"
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_determinism():
-    """Trainer switches on torch.use_deterministic_algorithms on the CPU; undo that after each test."""
+@contextlib.contextmanager
+def torch_flags_restored():
+    """One intra-op thread while training here (tiny models on a shared CPU run far faster without
+    thread contention); the Trainer also switches on torch.use_deterministic_algorithms on the CPU,
+    process-wide. Both are put back so tests in other files see torch as they left it."""
     enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def train_run(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
+    """vitrobust.train.train in this process, without progress bars."""
+    with torch_flags_restored():
+        return train(cfg, run_dir, resume=resume, progress=False)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from vitrobust.config import CONFIG_DIR, load_config
+from vitrobust.distributed import current
 from vitrobust.errors import UserError
 
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
@@ -23,7 +24,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    print(f"run directory: {run_dir}")
+    if current().main:
+        print(f"run directory: {run_dir}")
     return 0
 
 
@@ -31,7 +33,8 @@ def cmd_evaluate(args) -> int:
     from vitrobust.evaluate import evaluate_path
 
     results, path = evaluate_path(args.path, args.suite, args.overrides, args.out, progress=print)
-    print(f"results: {path}")
+    if current().main:
+        print(f"results: {path}")
     return 0
 
 

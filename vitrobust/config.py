@@ -118,6 +118,14 @@ class AttackConfig(Section):
     subset: int | None = Field(1000, ge=1, description="first n test samples for adversarial benchmarks")
     gradient: Literal["auto", "exact", "straight-through"] = "auto"
     seed: int = 0
+    batch_size: int | None = Field(None, ge=1, description="images per attack batch and per resumable AutoAttack "
+                                   "chunk (default: data.eval_batch_size)")
+    sweep_attack: Literal["pgd", "autoattack"] = Field("pgd", description="eps_sweep: the attack run at each eps")
+    check_n: int = Field(64, ge=1, description="first n images used by the self-checks (gradients, huge eps, Square)")
+    square_queries: int = Field(500, ge=0, description="queries of the short Square check on points the white-box "
+                                "attack left robust, when no Square ran (0: skip)")
+    grid: int = Field(8, ge=0, description="adversarial examples drawn in the figure (0: none)")
+    verbose: bool = Field(False, description="show the AutoAttack authors' progress lines")
 
 
 class EvaluateConfig(Section):
@@ -249,6 +257,8 @@ def _explain(err: ValidationError) -> str:
             lines.append(msg if msg.startswith(dotted) else f"{dotted}: {msg}")
         else:
             lines.append(f"{dotted}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
+    if len(lines) == 1:
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -264,6 +274,6 @@ def load_config(name: str | Path | None = None, overrides: list[str] | None = No
     return build_config(apply_overrides(raw, overrides))
 
 
-def suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}? " if close else ""
+def suggest(name: str, choices: list[str], n: int = 1) -> str:
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    return f"did you mean {' or '.join(map(repr, close))}? " if close else ""

@@ -43,7 +43,8 @@ def build_model(spec: dict) -> ImageClassifier:
     name = spec["name"]
     if not timm.is_model(name):
         raise ModelError(
-            f"unknown model {name!r}; {suggest(name, timm.list_models())}any timm model name works "
+            f"unknown model {name!r}; {suggest(name, [*small_vits.SMALL_VITS, *timm.list_models()], n=3)}"
+            f"any timm model name works "
             f"(timm.list_models('*vit*')), plus vitrobust's {', '.join(small_vits.SMALL_VITS)}"
         )
     adapt = spec.get("adapt")

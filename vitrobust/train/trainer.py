@@ -57,8 +57,10 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     warmup = int(s.warmup_epochs * steps_per_epoch)
     if s.name == "cosine":
         cooldown = int(s.cooldown_epochs * steps_per_epoch)
-        return CosineLRScheduler(optimizer, t_initial=max(1, total - cooldown), lr_min=s.min_lr, warmup_t=warmup,
-                                 warmup_lr_init=s.warmup_lr, t_in_epochs=False, cycle_limit=1)
+        # warm-up first, then the cosine from the peak lr down to min_lr, then cooldown at min_lr
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - cooldown - warmup), lr_min=s.min_lr,
+                                 warmup_t=warmup, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
+                                 t_in_epochs=False, cycle_limit=1)
     rate = s.decay_rate if s.name == "step" else 1.0
     return StepLRScheduler(optimizer, decay_t=max(1, int(s.decay_epochs * steps_per_epoch)), decay_rate=rate,
                            warmup_t=warmup, warmup_lr_init=s.warmup_lr, t_in_epochs=False)
@@ -229,10 +231,11 @@ class Trainer:
             loss, logs = self.objective.loss(self.ddp, batch, state)
         if any_true(not bool(torch.isfinite(loss.detach())), self.device):
             self.metrics.log("diverged", epoch=state.epoch, step=state.step, loss=float(loss.detach()))
+            kept = (f"The last good checkpoint in {self.run_dir} is intact; continue with --resume after the fix."
+                    if (self.run_dir / STATE_FILE).exists() else "No checkpoint had been written yet.")
             raise TrainingDiverged(
                 f"loss is {float(loss.detach())} at epoch {state.epoch + 1}, step {state.step}: training stopped. "
-                f"The last good checkpoint in {self.run_dir} is intact. Lower optim.lr, set optim.clip_grad, or "
-                f"use train.precision=fp32, then continue with --resume."
+                f"{kept} Lower optim.lr, set optim.clip_grad, or use train.precision=fp32."
             )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -255,8 +258,13 @@ class Trainer:
 
     def _log_window(self, kind: str, window: dict, epoch: int) -> dict:
         elapsed = max(time.perf_counter() - window["t"], 1e-9)
-        row = {"epoch": epoch + 1, "step": self.state.step, "loss": window["loss"] / max(window["n"], 1),
-               "acc": window["acc"] / max(window["n"], 1), "lr": self.optimizer.param_groups[0]["lr"],
+        loss, acc = window["loss"], window["acc"]
+        if self.dist.enabled:  # every rank logs at the same steps: average the ranks' shares of the global batch
+            sums = torch.tensor([loss, acc], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(sums)
+            loss, acc = (sums / self.dist.world).tolist()
+        row = {"epoch": epoch + 1, "step": self.state.step, "loss": loss / max(window["n"], 1),
+               "acc": acc / max(window["n"], 1), "lr": self.optimizer.param_groups[0]["lr"],
                "img_per_s": window["images"] / elapsed, "seconds": elapsed}
         self.metrics.log(kind, **row)
         window.update(loss=0.0, acc=0.0, n=0, images=0, t=time.perf_counter())
