@@ -217,7 +217,8 @@ def _parse_value(text: str):
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     raw = dict(raw)
-    for item in overrides or []:
+    # a new objective.name resets the objective section: apply it before that section's other keys
+    for item in sorted(overrides or [], key=lambda item: not item.strip().startswith("objective.name=")):
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=1e-3)")
         key, text = item.split("=", 1)

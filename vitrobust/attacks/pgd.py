@@ -54,10 +54,11 @@ def pgd_attack(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf", steps: int = 10,
     step_size: float | None = None, random_start: bool = True, restarts: int = 1,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, check: bool = True,
+    init_delta: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Maximise `loss_fn(logits, y)` (default: summed cross-entropy) within the eps-ball around x.
 
-    Returns adversarial images in [0,1]. With restarts > 1 the per-sample worst case (a
+    Returns adversarial images in [0,1]. `init_delta` replaces the random start. With restarts > 1 the per-sample worst case (a
     misclassified restart wins, else the highest loss) is kept. Only the input gets gradients.
     """
     if check:
@@ -69,7 +70,10 @@ def pgd_attack(
     x = x.detach()
     best, best_loss, best_wrong = x.clone(), None, None
     for _ in range(max(restarts, 1)):
-        delta = random_delta(x, eps, norm) if random_start else torch.zeros_like(x)
+        if init_delta is not None:
+            delta = project(init_delta, eps, norm)
+        else:
+            delta = random_delta(x, eps, norm) if random_start else torch.zeros_like(x)
         delta = (x + delta).clamp_(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 
-from vitrobust.attacks.pgd import ascent_direction, pgd_attack, project
+from vitrobust.attacks.pgd import pgd_attack
 from vitrobust.objectives import register_objective
 from vitrobust.objectives.base import Objective, ObjectiveParams, TrainState
 
@@ -151,16 +151,11 @@ def kl_attack(model, x: torch.Tensor, p_clean: torch.Tensor, *, eps: float, norm
 
     The start is clamped to [0,1] (the reference code lets it stray 0.001 outside for the first step).
     """
-    x = x.detach()
-    delta = (x + project(0.001 * torch.randn_like(x), eps, norm)).clamp(0, 1) - x
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        log_p_adv = F.log_softmax(model(x + delta).float(), dim=-1)
-        loss = F.kl_div(log_p_adv, p_clean, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = delta.detach() + step_size * ascent_direction(grad, norm)
-        delta = (x + project(delta, eps, norm)).clamp(0, 1) - x
-    return (x + delta).detach()
+    def kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits.float(), dim=-1), target, reduction="sum")
+
+    return pgd_attack(model, x, p_clean, eps=eps, norm=norm, steps=steps, step_size=step_size, loss_fn=kl,
+                      check=False, init_delta=0.001 * torch.randn_like(x))
 
 
 class TradesParams(AttackParams):

@@ -6,7 +6,6 @@ import contextlib
 import difflib
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from vitrobust.errors import UserError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
 from vitrobust.objectives import TrainState, build_objective
-from vitrobust.train.metrics import MetricsLog
+from vitrobust.train.metrics import MetricsLog, Window
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "vitrobust-trainer-v1"
@@ -200,8 +199,7 @@ class Trainer:
         state.epoch = epoch
         self.loader.set_epoch(epoch, start_batch)
         self.ddp.train()
-        window = {"loss": 0.0, "acc": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
-        totals = {"loss": 0.0, "acc": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+        window, totals = Window(), Window()
         bar = tqdm(self.loader, total=len(self.loader) - start_batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not self.show_progress, leave=False, dynamic_ncols=True)
         for i, batch in enumerate(bar, start=start_batch):
@@ -211,12 +209,8 @@ class Trainer:
             if self.erasing is not None:
                 batch.x = self.erasing(batch.x).clamp_(0, 1)
             logs = self._step(batch)
-            n = len(batch) * self.dist.world
-            for acc in (window, totals):
-                acc["loss"] += logs["loss"]
-                acc["acc"] += logs["acc"]
-                acc["n"] += 1
-                acc["images"] += n
+            for w in (window, totals):
+                w.add(logs, len(batch) * self.dist.world)
             if state.step % cfg.train.log_every == 0:
                 self._log_window("train", window, epoch)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
@@ -256,23 +250,17 @@ class Trainer:
             self.ema.update(self.model, step=state.step)
         return {k: float(v) for k, v in logs.items()}
 
-    def _log_window(self, kind: str, window: dict, epoch: int) -> dict:
-        elapsed = max(time.perf_counter() - window["t"], 1e-9)
-        loss, acc = window["loss"], window["acc"]
-        if self.dist.enabled:  # every rank logs at the same steps: average the ranks' shares of the global batch
-            sums = torch.tensor([loss, acc], dtype=torch.float64, device=self.device)
-            torch.distributed.all_reduce(sums)
-            loss, acc = (sums / self.dist.world).tolist()
-        row = {"epoch": epoch + 1, "step": self.state.step, "loss": loss / max(window["n"], 1),
-               "acc": acc / max(window["n"], 1), "lr": self.optimizer.param_groups[0]["lr"],
-               "img_per_s": window["images"] / elapsed, "seconds": elapsed}
+    def _log_window(self, kind: str, window: Window, epoch: int) -> dict:
+        means = window.means(self.device)
+        row = {"epoch": epoch + 1, "step": self.state.step, **means, "lr": self.optimizer.param_groups[0]["lr"],
+               "img_per_s": window.images / window.seconds(), "seconds": window.seconds()}
         self.metrics.log(kind, **row)
-        window.update(loss=0.0, acc=0.0, n=0, images=0, t=time.perf_counter())
+        window.reset()
         return row
 
     def _end_epoch(self, epoch: int, totals: dict) -> None:
         cfg = self.cfg
-        row = self._log_window("epoch", dict(totals), epoch) if totals["n"] else {}
+        row = self._log_window("epoch", totals, epoch) if totals.n else {}
         last = epoch + 1 == cfg.train.epochs
         if (cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0) or last:
             evals = self._evaluate()
