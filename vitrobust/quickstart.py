@@ -26,6 +26,7 @@ class Stage:
 
 STAGES = [
     Stage("baseline", "quickstart/baseline"),
+    Stage("adversarial", "quickstart/adversarial", init="baseline"),
 ]
 
 

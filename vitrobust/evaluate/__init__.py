@@ -11,6 +11,7 @@ import yaml
 from vitrobust.config import Config, apply_overrides, build_config
 from vitrobust.data import ImageSet, load_split
 from vitrobust.distributed import setup_distributed
+from vitrobust.evaluate import adversarial  # noqa: F401  (registers pgd, autoattack, eps_sweep)
 from vitrobust.evaluate.core import (
     BENCHMARKS,
     SUITES,

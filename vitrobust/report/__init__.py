@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.evaluate.core import read_results
+from vitrobust.report.adversarial_plots import accuracy_vs_eps
 from vitrobust.report.plots import training_curves
 from vitrobust.train.metrics import read_metrics
 
@@ -86,6 +88,14 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, titl
     curves = training_curves({run.name: read_metrics(run) for run in runs}, figures / "training_curves.png")
     if curves:
         images.append(("Training curves", curves))
+    sweeps = {run.name: res["eps_sweep"] for run in runs if "eps_sweep" in (res := read_results(run / "results.json"))}
+    if sweeps:
+        images.append(("Robust accuracy vs eps", accuracy_vs_eps(sweeps, figures / "accuracy_vs_eps.png")))
+    for run in runs:  # figures a benchmark drew (adversarial examples, ...), listed in results.json
+        for name, entry in read_results(run / "results.json").items():
+            for fig in entry.get("figures", []) if isinstance(entry, dict) else []:
+                if (run / "figures" / fig).is_file():
+                    images.append((f"{run.name}: {name} ({Path(fig).stem.replace('_', ' ')})", run / "figures" / fig))
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -101,7 +111,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, titl
     atomic_write_text(out, "\n".join(parts))
 
     md = [f"# {title}", "", markdown_table(header, rows), ""]
-    md += [f"## {caption}\n\n![{caption}](figures/{path.name})\n" for caption, path in images]
+    md += [f"## {caption}\n\n![{caption}]({os.path.relpath(path, out.parent)})\n" for caption, path in images]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md))
     return out
 

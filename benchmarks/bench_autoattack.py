@@ -1,0 +1,141 @@
+"""AutoAttack: vitrobust's adapter against the authors' code called directly, side by side.
+
+Same model, same images, same eps, same seed:
+- `authors`: `pyautoattack.AutoAttack(...).run_standard_evaluation(x, y, batch_size=B)`, as the
+  authors' README shows (B = --batch-size, default: all images in one batch);
+- `adapter`: `vitrobust.attacks.autoattack.run_autoattack(..., batch_size=B)` (one chunk when
+  B >= n, so it must give the very same per-sample results), including its per-attack bookkeeping;
+- `adapter chunked`: the adapter with chunks of --chunk images and a progress file (resumable mode).
+  Each chunk is one call of the authors' code, so its numbers may differ slightly from one batch.
+
+The model is a small ViT (vit_pico_patch8_32 at width 64, depth 2) trained for one epoch on
+Fashion-MNIST inside the script, by default with 1-step PGD adversarial training at --eps so that
+robust accuracy is not zero and every attack of the standard version has work to do; or any
+vitrobust run directory / weights file given with --model-path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from common import measure, print_table, write_result
+from pyautoattack import AutoAttack
+
+from vitrobust.attacks import pgd_attack
+from vitrobust.attacks.autoattack import run_autoattack
+from vitrobust.config import DataConfig
+from vitrobust.data import BatchLoader, load_split
+from vitrobust.models import build_model
+from vitrobust.models.io import load_model
+
+SPEC = {"name": "vit_pico_patch8_32", "num_classes": 10, "in_chans": 1, "img_size": 32, "patch_size": None,
+        "mean": "dataset", "std": "dataset", "drop_rate": 0.0, "drop_path_rate": 0.0,
+        "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2}}
+
+
+def train_model(eps: float, adversarial: bool, train_images: int, seed: int = 0) -> tuple[torch.nn.Module, float]:
+    """One epoch of AdamW (lr 2e-3, batch 128) on the first `train_images` training images."""
+    data = load_split(DataConfig(), "train").subset(train_images)
+    spec = {**SPEC, "mean": list(data.mean), "std": list(data.std)}
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    t0 = time.perf_counter()
+    for batch in BatchLoader(data, 128, torch.device("cpu"), train=True, seed=seed):
+        x = batch.x
+        if adversarial:  # "fast" adversarial training: one PGD step of 1.25 eps from a random start
+            model.eval()
+            x = pgd_attack(model, x, batch.y, eps=eps, steps=1, step_size=1.25 * eps)
+            model.train()
+        loss = F.cross_entropy(model(x), batch.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=200, help="first n Fashion-MNIST test images")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--version", default="standard", choices=["standard", "plus", "rand", "custom"])
+    p.add_argument("--attacks", nargs="*", default=None, help="version=custom: e.g. apgd-ce apgd-t")
+    p.add_argument("--batch-size", type=int, default=None, help="default: n (one batch, one chunk)")
+    p.add_argument("--chunk", type=int, default=50, help="chunk size of the resumable case (0: skip that case)")
+    p.add_argument("--model-path", default=None, help="a vitrobust run dir or weights file (default: train one)")
+    p.add_argument("--standard-training", action="store_true", help="train without adversarial examples")
+    p.add_argument("--train-images", type=int, default=60000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train_s = None
+    if args.model_path:
+        model = load_model(args.model_path).eval()
+        model_name = args.model_path
+    else:
+        model, train_s = train_model(args.eps, not args.standard_training, args.train_images)
+        model_name = f"vit_pico_patch8_32 (width 64, depth 2), 1 epoch {'standard' if args.standard_training else 'PGD-1 adversarial'} training"
+    test = load_split(DataConfig(), "test").subset(args.n)
+    x = next(iter(BatchLoader(test, args.n, torch.device("cpu"), train=False, img_size=model.input_shape[-1]
+                              if hasattr(model, "input_shape") else None))).x
+    y = test.labels[: args.n].long()
+    batch_size = args.batch_size or args.n
+    common_kw = dict(norm=args.norm, eps=args.eps, version=args.version, attacks=args.attacks)
+
+    outcome: dict[str, dict] = {}
+
+    def authors():
+        aa = AutoAttack(model, seed=0, device="cpu", **common_kw)
+        aa.verbose = False
+        _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
+        outcome["authors"] = {"robust": (y_adv == y).tolist(), "after": None}
+
+    def adapter():
+        res = run_autoattack(model, x, y, batch_size=batch_size, **common_kw)
+        outcome["adapter"] = {"robust": res.flags("robust").tolist(), "after": res.robust_after(),
+                              "clean": res.clean_top1}
+
+    def chunked():
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_autoattack(model, x, y, batch_size=args.chunk, progress=tmp, **common_kw)
+        outcome["adapter chunked"] = {"robust": res.flags("robust").tolist(), "after": res.robust_after()}
+
+    cases = {"authors": authors, "adapter": adapter}
+    if args.chunk:
+        cases["adapter chunked"] = chunked
+    timing = measure(cases, warmup=0, repeats=args.repeats)
+
+    clean = outcome["adapter"]["clean"]
+    rows, payload = [], {}
+    for name, t in timing.items():
+        robust = outcome[name]["robust"]
+        same = robust == outcome["authors"]["robust"]
+        acc = sum(robust) / len(robust)
+        rows.append([name, f"{t['median_s']:.1f}", t["median_s"] / timing["authors"]["median_s"], f"{100 * acc:.1f}",
+                     "yes" if same else f"no ({sum(a != b for a, b in zip(robust, outcome['authors']['robust']))} differ)"])
+        payload[name] = {"seconds": t, "robust_top1": acc, "same_per_sample_as_authors": same,
+                         "robust_after": outcome[name]["after"]}
+    title = (f"AutoAttack {args.version} {args.norm} eps={args.eps}, {args.n} Fashion-MNIST test images, "
+             f"batch {batch_size}, clean top-1 {100 * clean:.1f}% ({args.threads} thread(s), CPU)")
+    print_table(["case", "wall s", "vs authors", "robust top1 %", "same per-sample"], rows, title=title)
+    after = outcome["adapter"]["after"]
+    if after:
+        print("robust top-1 after each attack (adapter): " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in after.items()))
+    path = write_result("autoattack", {"model": model_name, "train_s": train_s, "n": args.n, "eps": args.eps,
+                                       "norm": args.norm, "version": args.version, "batch_size": batch_size,
+                                       "chunk": args.chunk, "clean_top1": clean, "cases": payload}, args.out)
+    if train_s is not None:
+        print(f"model: {model_name}, trained in {train_s:.0f} s")
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
