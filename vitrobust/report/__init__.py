@@ -56,6 +56,18 @@ def summary_rows(runs: list[Path]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def failed_checks(runs: list[Path]) -> list[str]:
+    """One line per self-check that failed in any run's results (shown as warnings in reports)."""
+    lines = []
+    for run in runs:
+        for name, entry in read_results(run / "results.json").items():
+            checks = entry.get("checks", {}) if isinstance(entry, dict) else {}
+            for key, check in checks.items():
+                if isinstance(check, dict) and check.get("ok") is False:
+                    lines.append(f"{run.name} / {name} / {key}: {check.get('detail', '')}")
+    return lines
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -100,6 +112,9 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, titl
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              "<h2>Results</h2>", _html_table(header, rows)]
+    warnings = failed_checks(runs)
+    parts.append("<h2>Self-checks</h2>" + ("".join(f"<p class='warn'>&#9888; failed check: {html.escape(w)}</p>"
+                                                   for w in warnings) or "<p>all self-checks passed</p>"))
     for caption, path in images:
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>")
@@ -111,9 +126,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, titl
     atomic_write_text(out, "\n".join(parts))
 
     md = [f"# {title}", "", markdown_table(header, rows), ""]
+    md += [f"> **warning** failed check: {w}" for w in failed_checks(runs)]
     md += [f"## {caption}\n\n![{caption}]({os.path.relpath(path, out.parent)})\n" for caption, path in images]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md))
     return out
 
 
-__all__ = ["build_report", "markdown_table", "summary_rows", "text_table"]
+__all__ = ["build_report", "failed_checks", "markdown_table", "summary_rows", "text_table"]
