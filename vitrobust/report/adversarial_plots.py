@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from vitrobust.report.plots import save_figure  # also selects the Agg backend
 
 
 def _named(sweeps) -> dict[str, dict]:
@@ -45,12 +44,7 @@ def accuracy_vs_eps(sweeps: Mapping[str, dict] | Sequence[dict] | dict, path: st
     ax.grid(alpha=0.3)
     if len(named) > 1 or next(iter(named)):
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _image(t: torch.Tensor):
@@ -87,12 +81,7 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
         axes[i][0].set_ylabel(row, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 __all__ = ["accuracy_vs_eps", "adversarial_grid"]
