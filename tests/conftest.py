@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 IDX_SIZES = {"train": 64, "test": 32}
@@ -136,3 +137,12 @@ def tiny_spec() -> dict:
         "mean": [0.25], "std": [0.5], "drop_rate": 0.0, "drop_path_rate": 0.0,
         "kwargs": {"embed_dim": 32, "depth": 1, "num_heads": 2},
     }
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small tensor ops: one torch thread is several times faster than two on a busy 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
