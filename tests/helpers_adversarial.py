@@ -82,3 +82,16 @@ def attack_context(*overrides: str, out_dir: Path | None = None, n: int = 64, ba
     data = load_split(cfg.data, "test").subset(n)
     return EvalContext(cfg=cfg, data=data, device=torch.device("cpu"), dist=dist or Dist(), out_dir=out_dir,
                        batch_size=batch_size)
+
+
+class RoundToGrid(nn.Module):
+    """Rounds pixels to `levels` grey levels: a non-differentiable step (zero gradient)."""
+
+    def __init__(self, levels: int = 8):
+        super().__init__()
+        self.levels = levels
+        self.straight_through = False
+
+    def forward(self, x):
+        q = torch.round(x * (self.levels - 1)) / (self.levels - 1)
+        return x + (q - x).detach() if self.straight_through else q

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_adversarial import MLP, attack_context, trained_model
+from helpers_adversarial import MLP, RoundToGrid, attack_context, trained_model
 from helpers_adversarial import test_images as first_test_images
 from torch import nn
 
@@ -37,17 +37,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def model():
     return trained_model()
-
-
-class RoundToGrid(nn.Module):
-    def __init__(self, levels: int = 8):
-        super().__init__()
-        self.levels = levels
-        self.straight_through = False
-
-    def forward(self, x):
-        q = torch.round(x * (self.levels - 1)) / (self.levels - 1)
-        return x + (q - x).detach() if self.straight_through else q
 
 
 def all_ok(checks: dict) -> bool:

@@ -10,8 +10,8 @@ import re
 
 import pytest
 import torch
+from helpers_adversarial import RoundToGrid, trained_model
 from helpers_adversarial import test_images as first_test_images
-from helpers_adversarial import trained_model
 from pyautoattack import AutoAttack
 from torch import nn
 
@@ -261,19 +261,6 @@ def test_bad_input_is_refused_with_clear_messages(model, images):
 
 
 # --- straight-through gradients --------------------------------------------------------------
-
-
-class RoundToGrid(nn.Module):
-    """Rounds pixels to `levels` grey levels: a non-differentiable step (zero gradient)."""
-
-    def __init__(self, levels: int = 8):
-        super().__init__()
-        self.levels = levels
-        self.straight_through = False
-
-    def forward(self, x):
-        q = torch.round(x * (self.levels - 1)) / (self.levels - 1)
-        return x + (q - x).detach() if self.straight_through else q
 
 
 def quantized(model):
