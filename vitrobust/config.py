@@ -29,6 +29,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class MaskConfig(Section):
+    """Foreground masks (relevance fine-tuning and benchmarks); they follow the image through crop and flip."""
+
+    source: Literal["none", "threshold", "folder", "callable"] = "none"
+    root: str | None = Field(None, description="folder: mask PNGs mirroring the image tree (ImageNet-S encoding)")
+    threshold: float = Field(0.1, ge=0.0, le=1.0, description="threshold: pixels brighter than this (max over "
+                             "channels) are foreground; for objects on a plain dark background")
+    callable: str | None = Field(None, description="callable: 'package.module:function', (uint8 NCHW) -> bool N1HW")
+    resize: Literal["nearest", "bilinear"] = Field("nearest", description="bilinear only to match the reference")
+
+
 class DataConfig(Section):
     name: str = "fashion_mnist"
     root: str | None = None
@@ -40,6 +51,8 @@ class DataConfig(Section):
     eval_batch_size: int = Field(500, ge=1)
     num_workers: int = Field(0, ge=0)
     in_memory: bool = Field(True, description="decode once and keep uint8 tensors in memory")
+    masks: MaskConfig = Field(default_factory=MaskConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
 
 
 class AugmentConfig(Section):
@@ -128,11 +141,70 @@ class AttackConfig(Section):
     verbose: bool = Field(False, description="show the AutoAttack authors' progress lines")
 
 
+class CorruptionConfig(Section):
+    """The corruptions benchmark: generated with imagecorruptions, or read from published files."""
+
+    names: list[str] | Literal["common", "extra", "all"] = Field("common", description="common: the 15 of "
+                                                                   "ImageNet-C; extra: the 4 held-out; all: 19")
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    subset: int | None = Field(1000, ge=1, description="first n test samples that are corrupted")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="worker processes that generate corrupted images (0: in-process)")
+    cache: str | None = Field(None, description="folder where generated corrupted sets are kept and reused")
+    source: Literal["generate", "imagenet-c", "cifar-c"] = "generate"
+    root: str | None = Field(None, description="imagenet-c / cifar-c: folder of the published files")
+    reference: str | None = Field(None, description="run dir or results.json of the model mCE is relative to "
+                                  "(required except on ImageNet-C, where AlexNet is the reference)")
+
+
+class ShiftConfig(Section):
+    """Distribution-shift benchmarks: where each dataset lies (nothing is downloaded)."""
+
+    roots: dict[str, str] = Field(default_factory=dict, description="benchmark name -> folder, e.g. "
+                                  "imagenet_v2: /data/imagenetv2-matched-frequency-format-val")
+    subset: int | None = Field(None, ge=1, description="first n images of each shift set")
+
+
+class RelevanceConfig(Section):
+    method: Literal["chefer", "rollout"] = "chefer"
+    target: Literal["label", "prediction"] = "label"
+    subset: int | None = Field(500, ge=1)
+    iou_threshold: float = Field(0.5, ge=0.0, le=1.0, description="relevance map threshold for the IoU")
+    grid: int = Field(8, ge=0, description="images drawn in the relevance figure (0: none)")
+
+
+class BackgroundConfig(Section):
+    """ImageNet-9 backgrounds challenge protocol on any dataset with masks."""
+
+    subset: int | None = Field(1000, ge=1)
+    seed: int = 0
+
+
 class EvaluateConfig(Section):
     suite: str = "clean"
     subset: int | None = Field(None, ge=1, description="first n test samples")
     use_ema: bool = False
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    corruptions: CorruptionConfig = Field(default_factory=CorruptionConfig)
+    shifts: ShiftConfig = Field(default_factory=ShiftConfig)
+    relevance: RelevanceConfig = Field(default_factory=RelevanceConfig)
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+
+
+class TokenizerConfig(Section):
+    """`vitrobust tokenizer train`: a VQGAN-layout tokenizer (data/optim/schedule/train sections apply too)."""
+
+    preset: str | None = Field(None, description="a published layout, e.g. vqgan_imagenet_f16_1024")
+    arch: dict[str, Any] = Field(default_factory=dict, description="layout keys (ch, ch_mult, num_res_blocks, "
+                                 "attn_resolutions, z_channels, embed_dim, n_embed, ...) over the preset's")
+    init: str | None = Field(None, description="start from this tokenizer (.safetensors or taming .ckpt)")
+    recon_loss: Literal["l1", "mse"] = "l1"
+    commitment_weight: float = Field(0.25, ge=0.0)
+    codebook_weight: float = Field(1.0, ge=0.0)
+    perceptual_weight: float = Field(0.0, ge=0.0, description="needs a pretrained network; off by default")
+    gan_weight: float = Field(0.0, ge=0.0)
+    dead_code_threshold: float = Field(0.0, ge=0.0, description="re-seed codes used less than this (EMA count)")
+    kmeans_init: bool = False
 
 
 class Config(Section):
@@ -147,6 +219,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
 
     @field_validator("objective")
     @classmethod
