@@ -1,0 +1,363 @@
+"""A VQGAN tokenizer (encoder, codebook, decoder) in the taming-transformers layout.
+
+Module names and parameter shapes follow taming-transformers' `VQModel` (Encoder/Decoder of
+taming/modules/diffusionmodules/model.py, VectorQuantizer with `embedding`), so the public
+checkpoints (vqgan_imagenet_f16_1024, vqgan_openimages_f8_16384) load key for key. Callers pass
+[0,1] images; the mapping to the range the network was trained on (taming: [-1,1]) happens inside.
+
+Loading and saving live in `vitrobust.models.tokenizer_io` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitrobust.errors import InputError, ModelError
+
+# Every layout key with its default. `resolution` only decides at which levels attention sits
+# (`attn_resolutions` are feature sizes at that input size); any input divisible by f works.
+DEFAULT_ARCH: dict[str, Any] = {
+    "ch": 128,
+    "ch_mult": [1, 1, 2, 2, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [16],
+    "z_channels": 256,
+    "embed_dim": 256,
+    "n_embed": 1024,
+    "in_channels": 3,
+    "out_ch": None,  # None: same as in_channels
+    "resolution": 256,
+    "dropout": 0.0,
+    "input_range": [-1.0, 1.0],  # the pixel range the network sees; [0,1] images are mapped onto it
+    "norm_groups": 32,  # GroupNorm groups (taming: 32); smaller layouts need a divisor of their widths
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # taming-transformers, ImageNet, f=16 (Dr.ViT): 224 px -> 14x14 codes
+    "vqgan_imagenet_f16_1024": {
+        "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
+        "z_channels": 256, "embed_dim": 256, "n_embed": 1024, "in_channels": 3, "out_ch": 3, "resolution": 256,
+    },
+    # latent-diffusion / taming, OpenImages, f=8 (DAT): 224 px -> 28x28 codes
+    "vqgan_openimages_f8_16384": {
+        "ch": 128, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [32],
+        "z_channels": 4, "embed_dim": 4, "n_embed": 16384, "in_channels": 3, "out_ch": 3, "resolution": 256,
+    },
+    # vitrobust quickstart: 1x32x32 Fashion-MNIST -> 8x8 codes; 16 base channels (0.27M parameters,
+    # 0.33 GFLOP per training image, a quarter of ch=32) so a useful tokenizer trains in about a CPU minute
+    "vq_f4_32px": {
+        "ch": 16, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [],
+        "z_channels": 32, "embed_dim": 32, "n_embed": 256, "in_channels": 1, "out_ch": 1, "resolution": 32,
+        "norm_groups": 8,
+    },
+}
+
+
+def resolve_arch(preset: str | None = None, **arch) -> dict[str, Any]:
+    """The full layout: defaults, then the preset, then `arch`; checked so the network can be built."""
+    if preset is not None and preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelError(f"unknown tokenizer preset {preset!r}; {hint}presets: {', '.join(PRESETS)}")
+    unknown = [k for k in arch if k not in DEFAULT_ARCH]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(DEFAULT_ARCH), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelError(f"unknown tokenizer layout key {unknown[0]!r}; {hint}valid keys: {', '.join(DEFAULT_ARCH)}")
+    out = {**DEFAULT_ARCH, **(PRESETS[preset] if preset else {}), **arch}
+    out["ch_mult"] = [int(m) for m in out["ch_mult"]]
+    out["attn_resolutions"] = [int(r) for r in out["attn_resolutions"]]
+    out["input_range"] = [float(v) for v in out["input_range"]]
+    if out["out_ch"] is None:
+        out["out_ch"] = out["in_channels"]
+    for key in ("ch", "num_res_blocks", "z_channels", "embed_dim", "n_embed", "in_channels", "out_ch", "resolution",
+                "norm_groups"):
+        if not isinstance(out[key], int) or out[key] < 1:
+            raise ModelError(f"tokenizer layout: {key} must be a positive integer, got {out[key]!r}")
+    if not out["ch_mult"] or min(out["ch_mult"]) < 1:
+        raise ModelError(f"tokenizer layout: ch_mult must be a non-empty list of positive integers, got {out['ch_mult']}")
+    lo, hi = out["input_range"] if len(out["input_range"]) == 2 else (0.0, 0.0)
+    if not hi > lo:
+        raise ModelError(f"tokenizer layout: input_range must be [low, high] with low < high, got {out['input_range']}")
+    widths = {out["ch"] * m for m in out["ch_mult"]} | {out["ch"]}
+    bad = sorted(w for w in widths if w % out["norm_groups"])
+    if bad:
+        raise ModelError(f"tokenizer layout: GroupNorm needs widths divisible by norm_groups={out['norm_groups']}, "
+                         f"but ch * ch_mult gives {bad}; set norm_groups to a divisor of {math.gcd(*widths)}")
+    return out
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-swish-conv twice plus a skip; a 1x1 `nin_shortcut` where the width changes."""
+
+    def __init__(self, cin: int, cout: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions, with 1x1 convs as projections (taming's q/k/v/proj_out)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.norm(x)
+        q, k, v = (conv(n).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v, as in taming
+        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # taming pads right/bottom only, then a valid stride-2 conv
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _middle(channels: int, groups: int, dropout: float) -> nn.Module:
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(channels, channels, groups, dropout)
+    mid.attn_1 = AttnBlock(channels, groups)
+    mid.block_2 = ResnetBlock(channels, channels, groups, dropout)
+    return mid
+
+
+def _run_middle(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return mid.block_2(mid.attn_1(mid.block_1(h)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, a: dict[str, Any]):
+        super().__init__()
+        ch, mult, g, p = a["ch"], a["ch_mult"], a["norm_groups"], a["dropout"]
+        self.conv_in = nn.Conv2d(a["in_channels"], ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        res, cin = a["resolution"], ch
+        for level, m in enumerate(mult):
+            stage = nn.Module()
+            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(a["num_res_blocks"]):
+                stage.block.append(ResnetBlock(cin, ch * m, g, p))
+                cin = ch * m
+                if res in a["attn_resolutions"]:
+                    stage.attn.append(AttnBlock(cin, g))
+            if level != len(mult) - 1:
+                stage.downsample = Downsample(cin)
+                res //= 2
+            self.down.append(stage)
+        self.mid = _middle(cin, g, p)
+        self.norm_out = nn.GroupNorm(g, cin, eps=1e-6)
+        self.conv_out = nn.Conv2d(cin, a["z_channels"], 3, padding=1)  # taming's VQGANs use double_z=False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.down:
+            for i, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn):
+                    h = stage.attn[i](h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)
+        return self.conv_out(swish(self.norm_out(_run_middle(self.mid, h))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, a: dict[str, Any]):
+        super().__init__()
+        ch, mult, g, p = a["ch"], a["ch_mult"], a["norm_groups"], a["dropout"]
+        cin = ch * mult[-1]
+        res = a["resolution"] // 2 ** (len(mult) - 1)
+        self.conv_in = nn.Conv2d(a["z_channels"], cin, 3, padding=1)
+        self.mid = _middle(cin, g, p)
+        stages = []
+        for level in reversed(range(len(mult))):
+            stage = nn.Module()
+            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(a["num_res_blocks"] + 1):
+                stage.block.append(ResnetBlock(cin, ch * mult[level], g, p))
+                cin = ch * mult[level]
+                if res in a["attn_resolutions"]:
+                    stage.attn.append(AttnBlock(cin, g))
+            if level != 0:
+                stage.upsample = Upsample(cin)
+                res *= 2
+            stages.insert(0, stage)  # up[0] is the full-resolution stage, as in taming
+        self.up = nn.ModuleList(stages)
+        self.norm_out = nn.GroupNorm(g, cin, eps=1e-6)
+        self.conv_out = nn.Conv2d(cin, a["out_ch"], 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = _run_middle(self.mid, self.conv_in(z))
+        for stage in reversed(self.up):
+            for i, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn):
+                    h = stage.attn[i](h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    """The codebook (taming's `quantize.embedding`) and nearest-code search by Euclidean distance."""
+
+    # rows x codes of the distance matrix computed at once: bounds memory for 16384 codes on big grids
+    CHUNK = 1 << 24
+
+    def __init__(self, n_embed: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, D, h, w] vectors -> [B, h, w] indices of the closest codes."""
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+        e = self.embedding.weight.float()
+        e_sq = (e * e).sum(1)
+        rows = max(1, self.CHUNK // e.shape[0])
+        # |z - e|^2 = |z|^2 + |e|^2 - 2 z.e; |z|^2 is the same for every code, so it is left out.
+        # fp32 even under autocast: a bf16 product would pick other codes than the fp32 reference
+        fp32 = torch.amp.is_autocast_available(z.device.type)  # not on the meta device
+        with torch.autocast(z.device.type, enabled=False) if fp32 else contextlib.nullcontext():
+            idx = [torch.argmin(e_sq - 2 * part @ e.t(), dim=1) for part in flat.split(rows)]
+        return torch.cat(idx).view(b, h, w)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """[B, h, w] indices -> [B, D, h, w] codebook vectors."""
+        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+
+
+class VQTokenizer(nn.Module):
+    """[0,1] images <-> grids of code indices, f = `downsample` pixels per code cell.
+
+    encode(x) -> [B, H/f, W/f] indices; codes(indices) -> [B, embed_dim, h, w] vectors;
+    quantize(x) -> (z_q, indices); decode(z_q) -> images on the [0,1] scale; reconstruct(x) =
+    decode(quantize(x)[0]).clamp(0, 1), also the forward.
+
+    The codebook module is `self.codebook`; in state dicts it appears under taming's name
+    `quantize.` (hooks rename it both ways), since `quantize` is also this class's method.
+    `straight_through` follows vitrobust.attacks.straight_through: when True, `quantize` returns
+    z + (q - z).detach() so attack gradients reach the input through the (frozen) encoder;
+    otherwise z_q is the codebook vectors and no gradient reaches the input.
+    """
+
+    def __init__(self, arch: dict[str, Any]):
+        super().__init__()
+        self.arch = resolve_arch(**arch)
+        a = self.arch
+        self.encoder = Encoder(a)
+        self.decoder = Decoder(a)
+        self.codebook = VectorQuantizer(a["n_embed"], a["embed_dim"])
+        self.quant_conv = nn.Conv2d(a["z_channels"], a["embed_dim"], 1)
+        self.post_quant_conv = nn.Conv2d(a["embed_dim"], a["z_channels"], 1)
+        self.downsample = 2 ** (len(a["ch_mult"]) - 1)
+        self.embed_dim, self.n_embed, self.in_chans = a["embed_dim"], a["n_embed"], a["in_channels"]
+        self.straight_through = False
+        lo, hi = a["input_range"]
+        self._scale, self._shift = hi - lo, lo
+        self.register_state_dict_post_hook(_to_taming_keys)
+        self.register_load_state_dict_pre_hook(_from_taming_keys)
+
+    def extra_repr(self) -> str:
+        return f"f={self.downsample}, codes={self.n_embed}x{self.embed_dim}, in_chans={self.in_chans}"
+
+    def _check(self, x01: torch.Tensor) -> None:
+        f = self.downsample
+        if x01.ndim != 4 or x01.shape[1] != self.in_chans or x01.shape[2] % f or x01.shape[3] % f:
+            raise InputError(f"the tokenizer takes N x {self.in_chans} x H x W images in [0,1] with H and W "
+                             f"divisible by {f}, got shape {tuple(x01.shape)}; resize the images or use a "
+                             f"tokenizer built for them")
+
+    def latent(self, x01: torch.Tensor) -> torch.Tensor:
+        """The continuous pre-quantisation vectors z [B, embed_dim, H/f, W/f] (with gradient)."""
+        self._check(x01)
+        return self.quant_conv(self.encoder(x01 * self._scale + self._shift))
+
+    @torch.no_grad()
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.codebook.nearest(self.latent(x01))
+
+    def codes(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.codebook.lookup(indices)
+
+    def quantize(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.straight_through:
+            z = self.latent(x01)
+            indices = self.codebook.nearest(z)
+            return z + (self.codes(indices) - z).detach(), indices
+        indices = self.encode(x01)  # no graph through the encoder: the code choice has no gradient anyway
+        return self.codes(indices), indices
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors -> images on the [0,1] scale (not clamped)."""
+        return (self.decoder(self.post_quant_conv(z_q)) - self._shift) / self._scale
+
+    def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.quantize(x01)[0]).clamp(0, 1)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(x01)
+
+
+def _rename(state_dict: dict, old: str, new: str) -> None:
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[new + key[len(old):]] = state_dict.pop(key)
+
+
+def _to_taming_keys(module, state_dict, prefix, local_metadata) -> None:
+    _rename(state_dict, prefix + "codebook.", prefix + "quantize.")
+
+
+def _from_taming_keys(module, state_dict, prefix, *args) -> None:
+    _rename(state_dict, prefix + "quantize.", prefix + "codebook.")
+
+
+def build_tokenizer(preset: str | None = None, **arch) -> VQTokenizer:
+    """A randomly initialised tokenizer of a preset layout, with `arch` keys overriding the preset's."""
+    return VQTokenizer(resolve_arch(preset, **arch))
+
+
+from vitrobust.models.tokenizer_io import load_tokenizer, save_tokenizer  # noqa: E402  (re-export)
+
+__all__ = ["PRESETS", "VQTokenizer", "build_tokenizer", "load_tokenizer", "resolve_arch", "save_tokenizer"]
