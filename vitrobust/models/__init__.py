@@ -8,7 +8,7 @@ import torch
 from vitrobust.config import Config, suggest
 from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
 from vitrobust.errors import ModelError
-from vitrobust.models import small_vits  # noqa: F401  (registers the 32-px ViTs in timm)
+from vitrobust.models import drvit, small_vits  # both register their models in timm
 from vitrobust.models.adapt import adapt_patch_size
 from vitrobust.models.classifier import ImageClassifier, Normalize
 
@@ -35,7 +35,8 @@ def model_spec(cfg: Config, data: ImageSet) -> dict:
         "name": m.name, "num_classes": data.num_classes, "in_chans": data.in_chans,
         "img_size": cfg.data.img_size or data.img_size, "patch_size": m.patch_size,
         "mean": _stats(m.mean, data.mean, data.in_chans, "mean"), "std": _stats(m.std, data.std, data.in_chans, "std"),
-        "drop_rate": m.drop_rate, "drop_path_rate": m.drop_path_rate, "kwargs": dict(m.kwargs),
+        "drop_rate": m.drop_rate, "drop_path_rate": m.drop_path_rate,
+        "kwargs": drvit.spec_kwargs(dict(m.kwargs)) if m.name in drvit.DRVIT_MODELS else dict(m.kwargs),
     }
 
 
@@ -53,6 +54,8 @@ def build_model(spec: dict) -> ImageClassifier:
               "drop_rate": spec.get("drop_rate", 0.0), "drop_path_rate": spec.get("drop_path_rate", 0.0)}
     if spec.get("patch_size"):
         kwargs["patch_size"] = spec["patch_size"]
+    if name in drvit.DRVIT_MODELS:  # its tokenizer needs the [0,1] pixels back from the normalised input
+        kwargs.update(input_mean=spec.get("mean"), input_std=spec.get("std"))
     kwargs.update(spec.get("kwargs", {}))
     try:
         net = timm.create_model(name, pretrained=False, **kwargs)
@@ -87,4 +90,15 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ImageClassifier", "ModelError", "Normalize", "build_model", "count_params", "create_model", "model_spec"]
+def count_flops(model: ImageClassifier) -> int:
+    """Forward FLOPs for one image (a multiply-add counts 2), by PyTorch's own flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.zeros(1, *model.input_shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+__all__ = ["ImageClassifier", "ModelError", "Normalize", "build_model", "count_flops", "count_params", "create_model", "model_spec"]
