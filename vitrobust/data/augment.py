@@ -3,6 +3,7 @@
 Crop, flip and colour jitter draw their parameters per SAMPLE from a generator seeded by
 (seed, epoch), so a sample gets the same augmentation whatever the batch layout, number of
 ranks or resume point. RandAugment (timm, PIL) runs per sample in the dataset instead.
+Foreground masks get the same crop/flip grid per sample (`warp_mask`), sampled with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ class BatchAugment:
         if self.cfg.color_jitter > 0:
             x = self._jitter(x, u[:, 4:7])
         return x.clamp_(0.0, 1.0)
+
+    def warp_mask(self, mask: torch.Tensor, index: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+        """The same crop and flip as `__call__` on a float N x 1 x H x W mask (colour jitter does not apply).
+
+        Nearest sampling keeps a 0/1 mask binary; pad-crop shifts and flips land on pixel centres, so
+        there the mask moves exactly with the image. Outside the image the mask is background (zeros).
+        """
+        if not self.active or not (self.cfg.crop != "none" or self.cfg.hflip):
+            return mask
+        u = self.params[index].to(mask.device, mask.dtype)
+        return F.grid_sample(mask, self._grid(u, mask), mode=mode, padding_mode="zeros", align_corners=False)
 
     def _grid(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

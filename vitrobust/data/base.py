@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -17,12 +17,29 @@ class DatasetError(UserError, FileNotFoundError):
     """A dataset that cannot be found or read, with a message that says how to fix it."""
 
 
+@dataclass(frozen=True)
+class Reindexed:
+    """`read(i)` of a selection: reads position i of the selection from the parent's reader (picklable
+    when the parent's reader is, so DataLoader workers can receive it)."""
+
+    read: Callable[[int], torch.Tensor]
+    positions: tuple[int, ...]
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.read(self.positions[i])
+
+
 @dataclass
 class ImageSet:
     """A split of a dataset.
 
     `images` is a uint8 NCHW tensor when the split is held in memory; otherwise `read(i)` decodes
     sample i to a uint8 CHW tensor. Images become float [0,1] only in the loader.
+
+    Foreground masks (optional) follow the same pattern: `masks` is a uint8 N x 1 x H x W tensor at the
+    images' size, or `read_mask(i)` gives one 1 x H x W mask. 255 = foreground, 0 = background;
+    values in between appear only when masks were resized bilinearly (data.masks.resize=bilinear).
+    `mask_resize` is how the loader resizes and warps them ("nearest" or "bilinear").
     """
 
     labels: torch.Tensor
@@ -35,6 +52,9 @@ class ImageSet:
     read: Callable[[int], torch.Tensor] | None = None
     name: str = ""
     info: dict = field(default_factory=dict)
+    masks: torch.Tensor | None = None
+    read_mask: Callable[[int], torch.Tensor] | None = None
+    mask_resize: str = "nearest"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,11 +67,27 @@ class ImageSet:
         """The first n samples in dataset order (the deterministic evaluation subset)."""
         if n is None or n >= len(self):
             return self
-        images = self.images[:n] if self.images is not None else None
-        return ImageSet(
-            labels=self.labels[:n], classes=self.classes, img_size=self.img_size, in_chans=self.in_chans,
-            mean=self.mean, std=self.std, images=images, read=self.read, name=self.name, info=self.info,
+        return replace(self, labels=self.labels[:n], images=None if self.images is None else self.images[:n],
+                       masks=None if self.masks is None else self.masks[:n])
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
+        """The samples at `indices`, in that order (lazy readers are re-indexed, masks kept)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        positions = tuple(idx.tolist())
+        return replace(
+            self, labels=self.labels[idx], images=None if self.images is None else self.images[idx],
+            read=None if self.read is None else Reindexed(self.read, positions),
+            masks=None if self.masks is None else self.masks[idx],
+            read_mask=None if self.read_mask is None else Reindexed(self.read_mask, positions),
         )
+
+    @property
+    def has_masks(self) -> bool:
+        return self.masks is not None or self.read_mask is not None
 
     def sample(self, index: int) -> torch.Tensor:
         return self.images[index] if self.images is not None else self.read(index)
+
+    def mask(self, index: int) -> torch.Tensor:
+        """The uint8 1 x H x W foreground mask of sample `index` (255 = foreground)."""
+        return self.masks[index] if self.masks is not None else self.read_mask(index)

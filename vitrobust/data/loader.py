@@ -1,4 +1,13 @@
-"""Batches on the device: shuffled, sharded across ranks, augmented; or in order for evaluation."""
+"""Batches on the device: shuffled, sharded across ranks, augmented; or in order for evaluation.
+
+When the dataset has foreground masks, every batch carries `extras["mask"]`: a bool B x 1 x H x W
+tensor on the device, warped by the same crop/flip as `x` and resized with nearest neighbour
+(data.masks.resize=bilinear: warped and resized bilinearly, thresholded at 0.5, and the fractional
+mask kept as float `extras["mask_soft"]`, as the RobustViT reference fed it). Mixup/cutmix (applied
+by the trainer after the loader) and RandAugment (per-sample PIL ops) cannot carry a mask: with
+requested masks (data.masks.source) they are a config error; a dataset's own masks are dropped.
+Random erasing leaves the mask as it is (the erased patch keeps its foreground label).
+"""
 
 from __future__ import annotations
 
@@ -28,21 +37,43 @@ class Batch:
 class _Samples(Dataset):
     """Per-sample access for splits that are not in memory, or when RandAugment is on."""
 
-    def __init__(self, data: ImageSet, transform=None):
-        self.data, self.transform = data, transform
+    def __init__(self, data: ImageSet, transform=None, masks: bool = False):
+        self.data, self.transform, self.masks = data, transform, masks
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int):
         img = self.data.sample(i)
-        return (self.transform(img) if self.transform else img), i
+        img = self.transform(img) if self.transform else img
+        return (img, self.data.mask(i), i) if self.masks else (img, i)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def resize_mask(mask: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
+    """Nearest keeps a 0/1 mask binary ("nearest-exact": pixel centres, like PIL's NEAREST)."""
+    if mask.shape[-1] == size and mask.shape[-2] == size:
+        return mask
+    if mode == "nearest":
+        return F.interpolate(mask, size=(size, size), mode="nearest-exact")
+    return resize(mask, size)
+
+
+def _mask_conflict(aug: AugmentConfig | None) -> str | None:
+    if aug is None:
+        return None
+    mixing = [f"augment.{k}={getattr(aug, k)}" for k in ("mixup", "cutmix") if getattr(aug, k) > 0]
+    if mixing:
+        return f"{' and '.join(mixing)} blend two images, so no mask fits the result; set them to 0"
+    if aug.randaugment:
+        return (f"augment.randaugment={aug.randaugment!r} transforms each image with PIL ops the mask cannot "
+                f"follow; set augment.randaugment=null (crop, flip and colour jitter do carry masks)")
+    return None
 
 
 class BatchLoader:
@@ -66,10 +97,18 @@ class BatchLoader:
         self.batch_size = batch_size
         aug = augment if train else None
         self.batch_augment = BatchAugment(aug, len(data), seed) if aug else None
+        self.masks = data.has_masks
+        conflict = _mask_conflict(aug) if self.masks else None
+        if conflict:
+            source = data.info.get("mask_source", "dataset")
+            if source != "dataset":
+                raise ConfigError(f"data.masks.source={source}: {conflict}, or set data.masks.source=none")
+            self.masks = False  # the dataset's own masks are not needed by a recipe that mixes images
         transform = None
         if aug is not None and aug.randaugment:
             transform = randaugment_transform(aug.randaugment, data.in_chans, data.img_size)
-        self.samples = _Samples(data, transform) if (data.images is None or transform) else None
+        lazy = data.images is None or (self.masks and data.masks is None)
+        self.samples = _Samples(data, transform, self.masks) if (lazy or transform) else None
         self.num_workers = num_workers
         self.set_epoch(0)
 
@@ -102,19 +141,35 @@ class BatchLoader:
 
     def _raw(self):
         batches = self._index_batches()
+        """(uint8 images, uint8 masks or None, index) per batch."""
+        batches = self._index_batches()
         if self.samples is None:
             for idx in batches:
-                yield self.data.images[idx], idx
+                yield self.data.images[idx], (self.data.masks[idx] if self.masks else None), idx
             return
         loader = DataLoader(self.samples, batch_sampler=[b.tolist() for b in batches],
                             num_workers=self.num_workers, persistent_workers=False)
-        yield from loader
+        for item in loader:
+            yield (item[0], item[1], item[2]) if self.masks else (item[0], None, item[1])
 
     def __iter__(self):
-        for imgs, idx in self._raw():
+        for imgs, masks, idx in self._raw():
             x = imgs.to(self.device, non_blocking=True).float().div_(255)
             if self.batch_augment is not None:
                 x = self.batch_augment(x, idx)
             x = resize(x, self.size)
             y = self.data.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(x=x, y=y, index=idx)
+            batch = Batch(x=x, y=y, index=idx)
+            if masks is not None:
+                self._add_mask(batch, masks)
+            yield batch
+
+    def _add_mask(self, batch: Batch, masks: torch.Tensor) -> None:
+        mode = self.data.mask_resize
+        m = masks.to(self.device, non_blocking=True).float().div_(255)
+        if self.batch_augment is not None:
+            m = self.batch_augment.warp_mask(m, batch.index, mode)
+        m = resize_mask(m, self.size, mode)
+        batch.extras["mask"] = m >= 0.5
+        if mode != "nearest":
+            batch.extras["mask_soft"] = m
