@@ -1,0 +1,183 @@
+"""ImageNet benchmarks: clean accuracy on val and RobustBench's 5,000 images, and distribution shifts.
+
+Each benchmark is its own top-level results.json entry, `{top1, n, classes}` (si_score adds
+`factors: {location|rotation|size: {top1, n, classes}}`), rather than one combined `shift` entry:
+every other benchmark (clean, autoattack, corruptions) is an entry of its own; a single set can be
+run or re-run alone (`--suite imagenet_a`) and `write_results` merges top-level keys, so re-running
+one set neither drops nor recomputes the others; and each entry gets its own `seconds`.
+`SHIFT_BENCHMARKS` lists the shift entries for reports.
+
+Datasets are folders named in `evaluate.shifts.roots` (ImageNet val may also come from data.root);
+nothing is downloaded. The suites: `imagenet` (the RobustBench/RobustViT evaluation of an ImageNet
+model, settings in configs/eval/imagenet.yaml) and `shifts` (every shift set, SI-Score included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vitrobust.data import BatchLoader, ImageSet
+from vitrobust.data.base import DatasetError
+from vitrobust.data.imagenet import IMAGENET_CLASSES, Preprocess, load_imagenet_5k, load_imagenet_val
+from vitrobust.data.shifts import (
+    LAYOUTS,
+    SI_SCORE_FACTORS,
+    load_imagenet_a,
+    load_imagenet_r,
+    load_imagenet_sketch,
+    load_imagenet_v2,
+    load_objectnet,
+    load_si_score,
+    load_stylized_imagenet,
+)
+from vitrobust.distributed import all_gather_objects
+from vitrobust.errors import InputError
+from vitrobust.evaluate.core import SUITES, EvalContext, register_benchmark
+
+SHIFT_BENCHMARKS = (
+    "imagenet_v2",
+    "imagenet_a",
+    "imagenet_r",
+    "imagenet_sketch",
+    "stylized_imagenet",
+    "objectnet",
+    "si_score",
+)
+# cheap, likely-to-fail sets first; AutoAttack (hours) last
+IMAGENET_SUITE = [
+    "imagenet_5k",
+    "imagenet_val",
+    "imagenet_v2",
+    "imagenet_a",
+    "imagenet_r",
+    "imagenet_sketch",
+    "corruptions",
+    "stylized_imagenet",
+    "objectnet",
+    "autoattack",
+]
+IMAGENET_DATA = ("imagenet", "imagenet_5k", "imagefolder")  # data.name values whose data.root may be ImageNet
+
+
+def shift_root(ctx: EvalContext, key: str, benchmark: str) -> Path:
+    """The folder of a dataset, or a DatasetError that says which key to set and what it must hold."""
+    cfg = ctx.cfg
+    value = cfg.evaluate.shifts.roots.get(key)
+    source = f"evaluate.shifts.roots.{key}"
+    if not value and key == "imagenet" and cfg.data.name in IMAGENET_DATA and cfg.data.root:
+        value, source = cfg.data.root, "data.root"
+    if not value:
+        raise DatasetError(
+            f"{benchmark}: no folder given; add --set evaluate.shifts.roots.{key}=/path "
+            f"(expected: {LAYOUTS[key]})"
+        )
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"{benchmark}: {source}={value} is not a folder (expected: {LAYOUTS[key]})")
+    return path
+
+
+def preprocess(ctx: EvalContext, model: torch.nn.Module) -> Preprocess:
+    """Decode straight to the size the model takes, with the configured resize/crop."""
+    shape = getattr(model, "input_shape", None)
+    size = shape[-1] if shape else (ctx.cfg.data.img_size or 224)
+    shifts = ctx.cfg.evaluate.shifts
+    return Preprocess(size, shifts.crop_pct, shifts.interpolation)
+
+
+@torch.no_grad()
+def predict_labels(
+    model: torch.nn.Module, ctx: EvalContext, data: ImageSet
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions in the set's label space (see vitrobust.data.shifts) and labels, in dataset order.
+
+    Sharded over ranks like core.predict; images are decoded in data.num_workers worker processes.
+    """
+    columns = data.info.get("columns")
+    columns = torch.tensor(columns, device=ctx.device) if columns is not None else None
+    mapping = data.info.get("prediction_map")
+    mapping = torch.tensor(mapping, device=ctx.device) if mapping is not None else None
+    loader = BatchLoader(
+        data,
+        ctx.batch_size,
+        ctx.device,
+        train=False,
+        img_size=data.img_size,
+        rank=ctx.dist.rank,
+        world=ctx.dist.world,
+        num_workers=ctx.cfg.data.num_workers,
+    )
+    idx_parts, pred_parts = [], []
+    for batch in loader:
+        logits = model(batch.x)
+        if logits.shape[-1] != IMAGENET_CLASSES:
+            raise InputError(
+                f"{data.name} scores ImageNet predictions: the model must output {IMAGENET_CLASSES} "
+                f"logits, it outputs {logits.shape[-1]}"
+            )
+        pred = (logits if columns is None else logits.index_select(1, columns)).argmax(-1)
+        pred_parts.append(pred if mapping is None else mapping[pred])
+        idx_parts.append(batch.index)
+    local = (
+        torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long),
+        torch.cat(pred_parts).cpu() if pred_parts else torch.empty(0, dtype=torch.long),
+    )
+    gathered = all_gather_objects(local)
+    index = torch.cat([g[0] for g in gathered])
+    order = torch.argsort(index)
+    return torch.cat([g[1] for g in gathered])[order], data.labels[index[order]]
+
+
+def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet) -> dict:
+    preds, labels = predict_labels(model, ctx, data)
+    correct = int((preds == labels).sum())
+    return {"top1": correct / len(labels), "n": len(labels), "classes": len(labels.unique())}
+
+
+def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
+    def benchmark(model: torch.nn.Module, ctx: EvalContext) -> dict:
+        data = loader(shift_root(ctx, key, name), preprocess(ctx, model), what=name)
+        result = top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset))
+        if "skipped_unmapped" in data.info:
+            result["skipped_unmapped"] = data.info["skipped_unmapped"]
+        return result
+
+    benchmark.__name__ = benchmark.__qualname__ = name
+    benchmark.__doc__ = f"top-1 on {name} ({LAYOUTS[key]})"
+    benchmark.check = lambda ctx: shift_root(ctx, key, name)  # run before a suite starts: fail in seconds
+    register_benchmark(name, suites)(benchmark)
+
+
+_register("imagenet_5k", "imagenet", load_imagenet_5k, ("imagenet",))
+_register("imagenet_val", "imagenet", load_imagenet_val, ("imagenet",))
+_register("imagenet_v2", "imagenet_v2", load_imagenet_v2, ("imagenet", "shifts"))
+_register("imagenet_a", "imagenet_a", load_imagenet_a, ("imagenet", "shifts"))
+_register("imagenet_r", "imagenet_r", load_imagenet_r, ("imagenet", "shifts"))
+_register("imagenet_sketch", "imagenet_sketch", load_imagenet_sketch, ("imagenet", "shifts"))
+_register("stylized_imagenet", "stylized_imagenet", load_stylized_imagenet, ("imagenet", "shifts"))
+_register("objectnet", "objectnet", load_objectnet, ("imagenet", "shifts"))
+
+
+@register_benchmark("si_score", suites=("shifts",))
+def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
+    """Top-1 per factor (object location, rotation, size) and pooled over the factors present."""
+    sets = load_si_score(shift_root(ctx, "si_score", "si_score"), preprocess(ctx, model))
+    factors = {
+        factor: top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset)) for factor, data in sets.items()
+    }
+    n = sum(r["n"] for r in factors.values())
+    correct = sum(round(r["top1"] * r["n"]) for r in factors.values())
+    return {
+        "top1": correct / n,
+        "n": n,
+        "factors": factors,
+        "missing_factors": [factor for factor in SI_SCORE_FACTORS if factor not in sets],
+    }
+
+
+si_score.check = lambda ctx: shift_root(ctx, "si_score", "si_score")
+SUITES["imagenet"] = list(IMAGENET_SUITE)  # the order is part of the suite (see IMAGENET_SUITE)
+
+__all__ = ["IMAGENET_SUITE", "SHIFT_BENCHMARKS", "predict_labels", "preprocess", "shift_root", "top1"]
