@@ -1,0 +1,41 @@
+"""Accuracy against model cost (parameters, FLOPs) across runs: the scale-up view of a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitrobust.evaluate.core import read_results
+from vitrobust.report.plots import plt, save_figure
+
+
+def cost_points(run_dirs: list[Path]) -> list[dict]:
+    """Per run: name, params, flops, clean and robust top-1 (AutoAttack if present, else PGD)."""
+    points = []
+    for run in run_dirs:
+        res = read_results(Path(run) / "results.json")
+        meta = res.get("meta", {})
+        robust = res.get("autoattack", res.get("pgd", {})).get("robust_top1")
+        points.append({"name": Path(run).name, "params": meta.get("params"), "flops": meta.get("flops"),
+                       "clean": res.get("clean", {}).get("top1"), "robust": robust})
+    return points
+
+
+def robustness_vs_cost(run_dirs: list[Path], path: Path) -> Path | None:
+    """Clean and robust top-1 vs parameters and vs FLOPs (log x), one point per run; None if < 2 runs."""
+    points = [p for p in cost_points(run_dirs) if p["params"] and p["clean"] is not None]
+    if len(points) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label, scale in ((axes[0], "params", "parameters (M)", 1e6), (axes[1], "flops", "GFLOPs / image", 1e9)):
+        shown = [p for p in points if p[key]]
+        for metric, marker in (("clean", "o"), ("robust", "s")):
+            xy = [(p[key] / scale, 100 * p[metric], p["name"]) for p in shown if p[metric] is not None]
+            if xy:
+                ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], marker=marker, label=f"{metric} top-1")
+                for x, y, name in xy:
+                    ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=label, ylabel="top-1 (%)", xscale="log", title=f"Accuracy vs {label.split(' ')[0]}")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return save_figure(fig, path)

@@ -1,0 +1,292 @@
+"""The leaderboard (one row per run, the headline number of every benchmark any run holds) and the
+table formats reports use: HTML, Markdown, plain text, LaTeX (booktabs) and CSV.
+
+results.json holds accuracies as fractions. Shown tables give percentages with 2 decimals; the CSV
+keeps the plain values of the results files (fractions, parameter counts, seconds: each header says
+which), so a spreadsheet or a paper script recomputes from the same numbers the report shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitrobust.config import suggest
+from vitrobust.errors import InputError
+from vitrobust.report.runs import Run, as_runs, number, shift_labels
+
+MISSING = "-"
+
+# unit -> (how a header shows it, what the CSV header says its plain values are, display formatter)
+UNITS: dict[str, tuple[str, str, Callable[[float], str]]] = {
+    "%": ("%", "fraction", lambda v: f"{100 * v:.2f}"),
+    "x100": ("%", "percent", lambda v: f"{v:.2f}"),  # stored x100 already, as mCE is (100 x mean CE)
+    "M": ("(M)", "count", lambda v: f"{v / 1e6:.2f}"),
+    "G": ("(G)", "count", lambda v: f"{v / 1e9:.2f}"),
+    "s": ("s", "seconds", lambda v: f"{v:.0f}"),
+    "dB": ("dB", "dB", lambda v: f"{v:.2f}"),
+}
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to emphasise
+    text_columns: int = 1  # leading columns of names (left-aligned); numbers follow
+
+
+@dataclass(frozen=True)
+class Column:
+    """One number per run: `field` of the results entry `find(run)` returns."""
+
+    key: str  # what `--sort` names
+    name: str  # header without unit, e.g. "AutoAttack top1"
+    find: Callable[[Run], dict | None]
+    field: str
+    unit: str = "%"
+    better: int = 1  # +1 higher is better, -1 lower is better, 0 not a score (no best marked)
+    qualifier: str = ""  # threat model or reference the number depends on, e.g. "(Linf 8/255)"
+
+    @property
+    def label(self) -> str:
+        return " ".join(filter(None, [self.name, UNITS[self.unit][0], self.qualifier]))
+
+    @property
+    def csv_label(self) -> str:
+        return " ".join(filter(None, [self.name, self.qualifier, f"[{UNITS[self.unit][1]}]"]))
+
+    def value(self, run: Run) -> float | None:
+        entry = self.find(run)
+        return number(entry.get(self.field)) if isinstance(entry, dict) else None
+
+    def n(self, run: Run) -> int | None:
+        entry = self.find(run)
+        return number(entry.get("n")) if isinstance(entry, dict) and self.unit in ("%", "x100") else None
+
+    def show(self, value: float | None) -> str:
+        return MISSING if value is None else UNITS[self.unit][2](value)
+
+
+def eps_text(eps) -> str:
+    """8/255 for eps on the 1/255 grid (how papers write Linf budgets), else 3 significant digits."""
+    if number(eps) is None:
+        return "?"
+    steps = eps * 255
+    return f"{round(steps)}/255" if eps > 0 and abs(steps - round(steps)) < 1e-6 else f"{eps:.3g}"
+
+
+def _entry(name: str) -> Callable[[Run], dict | None]:
+    return lambda run: run.entry(name)
+
+
+def _matching(name: str, keys: tuple[str, ...], want: tuple) -> Callable[[Run], dict | None]:
+    def find(run: Run) -> dict | None:
+        entry = run.entry(name)
+        return entry if entry is not None and tuple(entry.get(k) for k in keys) == want else None
+
+    return find
+
+
+def _variants(runs: list[Run], name: str, keys: tuple[str, ...]) -> list[tuple]:
+    """Distinct values of `keys` (threat model, reference) over runs, in order of first appearance."""
+    seen: list[tuple] = []
+    for run in runs:
+        entry = run.entry(name)
+        if entry is not None and (v := tuple(entry.get(k) for k in keys)) not in seen:
+            seen.append(v)
+    return seen
+
+
+def _attack_columns(runs: list[Run], name: str, title: str) -> list[Column]:
+    # a number is only comparable under one threat model: one column per (norm, eps)
+    return [Column(name, f"{title} top1", _matching(name, ("norm", "eps"), (norm, eps)), "robust_top1",
+                   qualifier=f"({norm} {eps_text(eps)})")
+            for norm, eps in _variants(runs, name, ("norm", "eps"))]
+
+
+def _corruption_columns(runs: list[Run]) -> list[Column]:
+    # mCE is relative to a reference model's errors: one column per reference
+    cols = []
+    for (ref,) in _variants(runs, "corruptions", ("reference",)):
+        find = _matching("corruptions", ("reference",), (ref,))
+        qual = f"(vs {ref})" if ref else ""
+        cols += [Column("mce", "mCE", find, "mce", unit="x100", better=-1, qualifier=qual),
+                 Column("relative_mce", "relative mCE", find, "relative_mce", unit="x100", better=-1,
+                        qualifier=qual)]
+    return cols + [Column("corrupted_top1", "corrupted top1", _entry("corruptions"), "mean_top1")]
+
+
+def _shift_column(key: str, label: str) -> Column:
+    def find(run: Run) -> dict | None:
+        found = run.shifts().get(key)
+        return found[1] if found else None
+
+    return Column(key, f"{label} top1", find, "top1")
+
+
+def leaderboard_columns(runs: list[Run]) -> list[Column]:
+    """Every column some run has a number for: cost, then clean, adversarial, corruptions, shifts,
+    relevance, background, tokenizer."""
+    shifts = shift_labels(runs)
+    cols = [Column("params", "params", lambda r: r.meta, "params", unit="M", better=0),
+            Column("flops", "FLOPs", lambda r: r.meta, "flops", unit="G", better=0),
+            Column("train_seconds", "train", lambda r: {"s": r.train_seconds}, "s", unit="s", better=0),
+            Column("clean", "clean top1", _entry("clean"), "top1"),
+            *_attack_columns(runs, "pgd", "PGD"),
+            *_attack_columns(runs, "autoattack", "AutoAttack"),
+            *_corruption_columns(runs),
+            *(_shift_column(k, label) for k, label in shifts.items()),
+            Column("foreground_share", "relevance FG share", _entry("relevance"), "foreground_share"),
+            Column("pointing_game", "pointing game", _entry("relevance"), "pointing_game"),
+            Column("bg_gap", "BG-gap", _entry("background"), "bg_gap", better=-1),
+            Column("psnr", "tokenizer PSNR", _entry("tokenizer"), "psnr", unit="dB")]
+    return [c for c in cols if any(c.value(run) is not None for run in runs)]
+
+
+@dataclass
+class Leaderboard:
+    runs: list[Run]
+    columns: list[Column]
+
+    @property
+    def header(self) -> list[str]:
+        return ["run", "model", *(c.label for c in self.columns)]
+
+    def values(self) -> list[list[float | None]]:
+        return [[c.value(run) for c in self.columns] for run in self.runs]
+
+    def best(self) -> set[tuple[int, int]]:
+        """(row, column) of the best shown value of every score column that two or more runs share."""
+        cells = set()
+        values = self.values()
+        for j, col in enumerate(self.columns):
+            shown = [(i, float(col.show(row[j]))) for i, row in enumerate(values) if row[j] is not None]
+            if col.better and len(shown) > 1:
+                top = max(v * col.better for _, v in shown)
+                cells |= {(i, j + 2) for i, v in shown if v * col.better == top}
+        return cells
+
+    def table(self) -> Table:
+        rows = [[run.name, str(run.meta.get("model", MISSING)), *map(Column.show, self.columns, vals)]
+                for run, vals in zip(self.runs, self.values())]
+        return Table(self.header, rows, bold=self.best(), text_columns=2)
+
+    def notes(self) -> list[str]:
+        """Where a column compares numbers measured on different sample counts."""
+        out = []
+        for col in self.columns:
+            counts = {run.name: n for run in self.runs if (n := col.n(run)) is not None}
+            if len(set(counts.values())) > 1:
+                out.append(f"{col.label} compares different sample counts: "
+                           + ", ".join(f"{name} n={n}" for name, n in counts.items()))
+        return out
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["run", "model", *(c.csv_label for c in self.columns)])
+        for run, vals in zip(self.runs, self.values()):
+            # repr keeps every digit, so the CSV parses back to the results files' exact numbers
+            cells = ("" if v is None else repr(v) for v in vals)
+            writer.writerow([run.name, run.meta.get("model", ""), *cells])
+        return buf.getvalue()
+
+    def latex(self) -> str:
+        return latex_table(self.table())
+
+
+def sort_keys(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(c.key for c in leaderboard_columns(runs)))
+
+
+def leaderboard(runs: Iterable[str | Path | Run], sort: str | None = None) -> Leaderboard:
+    """Runs in the order given (the order a user lists runs is usually the story: baseline first),
+    or sorted by `sort` (a column key such as `autoattack` or `mce`), best first, runs without it last."""
+    runs = as_runs(runs)
+    columns = leaderboard_columns(runs)
+    if sort:
+        col = next((c for c in columns if c.key == sort), None)
+        if col is None:
+            keys = sort_keys(runs)
+            raise InputError(f"cannot sort by {sort!r}: no run has that column; {suggest(sort, keys)}"
+                             f"columns: {', '.join(keys)}")
+        sign = col.better or -1  # not a score (params, time): smallest first
+        runs = sorted(runs, key=lambda r: (col.value(r) is None, -sign * (col.value(r) or 0.0)))
+    return Leaderboard(runs, columns)
+
+
+def summary_rows(runs: Iterable[str | Path | Run], sort: str | None = None
+                 ) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard as (header, rows of strings), for terminals and quick checks."""
+    table = leaderboard(runs, sort).table()
+    return table.header, table.rows
+
+
+# --- formats --------------------------------------------------------------------------------
+
+
+def html_table(table: Table, table_id: str = "") -> str:
+    """A table in a horizontally scrolling box, so a wide leaderboard never widens the page."""
+    def cell(i: int, j: int, text: str) -> str:
+        text = html.escape(text)
+        text = f"<strong>{text}</strong>" if (i, j) in table.bold else text
+        return f"<td class='t'>{text}</td>" if 0 < j < table.text_columns else f"<td>{text}</td>"
+
+    ident = f" id='{html.escape(table_id)}'" if table_id else ""
+    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
+    head = "".join(f"<th scope='col'{' class=t' if j < table.text_columns else ''}>{html.escape(h)}</th>"
+                   for j, h in enumerate(table.header))
+    body = "".join("<tr>" + "".join(cell(i, j, c) for j, c in enumerate(row)) + "</tr>"
+                   for i, row in enumerate(table.rows))
+    return (f"<div class='wide'><table{ident}>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table></div>")
+
+
+def markdown_table(header: list[str], rows: list[list[str]], bold: set[tuple[int, int]] = frozenset()) -> str:
+    esc = lambda text: text.replace("|", "\\|")  # noqa: E731
+    cells = [[f"**{esc(c)}**" if (i, j) in bold else esc(c) for j, c in enumerate(row)]
+             for i, row in enumerate(rows)]
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(table: Table) -> str:
+    """A booktabs tabular (needs \\usepackage{booktabs}); the first two columns left-aligned, the
+    rest right-aligned; emphasised cells in bold."""
+    def cell(i: int, j: int, text: str) -> str:
+        return rf"\textbf{{{latex_escape(text)}}}" if (i, j) in table.bold else latex_escape(text)
+
+    align = "".join("l" if j < 2 else "r" for j in range(len(table.header)))
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(map(latex_escape, table.header)) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(i, j, c) for j, c in enumerate(row)) + r" \\"
+              for i, row in enumerate(table.rows)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Column", "Leaderboard", "Table", "eps_text", "html_table", "latex_escape", "latex_table",
+           "leaderboard", "leaderboard_columns", "markdown_table", "sort_keys", "summary_rows", "text_table"]
