@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtualenv in .venv with vitrobust and its dev extras, and Debian's
-# Fashion-MNIST package where apt exists. Safe to run any number of times.
+# Fashion-MNIST and chromium packages where apt exists. Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +30,18 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
       >/dev/null 2>&1 || echo "setup: warning: apt-get could not install dataset-fashion-mnist; see README (Data)"
   else
     echo "setup: no apt-get here; put the Fashion-MNIST IDX files in ~/.cache/vitrobust/fashion-mnist (see README)"
+  fi
+fi
+
+# Headless Chromium for the report's browser test (tests/test_report_browser.py).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
+    echo "setup: installing Debian's chromium (headless browser for the report test)"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1 || echo "setup: warning: apt-get could not install chromium; tests/test_report_browser.py needs it"
+  else
+    echo "setup: no apt-get here; install Chromium (or Chrome) for tests/test_report_browser.py"
   fi
 fi

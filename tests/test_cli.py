@@ -22,6 +22,9 @@ TINY_1 = [*TINY, "train.epochs=1", "train.log_every=4"]
 TINY_ATTACK = ["evaluate.attack.subset=16", "evaluate.attack.version=custom", "evaluate.attack.attacks=[apgd-ce]",
                "evaluate.attack.check_n=16", "evaluate.attack.square_queries=0", "evaluate.attack.grid=0",
                "evaluate.attack.steps=2"]
+TINY_CORRUPTIONS = ["evaluate.corruptions.subset=16", "evaluate.corruptions.names=[gaussian_noise,contrast]",
+                    "evaluate.corruptions.severities=[1,5]", "evaluate.relevance.subset=16",
+                    "evaluate.background.subset=16"]
 
 
 def in_schema(override: str) -> bool:
@@ -94,17 +97,29 @@ def test_report_writes_html_and_markdown(run):
 
 def test_quickstart(tmp_path):
     out = tmp_path / "qs"
-    overrides = [*TINY_1, *filter(in_schema, TINY_ATTACK)]
+    overrides = [*TINY_1, *filter(in_schema, TINY_ATTACK), *TINY_CORRUPTIONS]
     proc = vitrobust_run("quickstart", "--out", out, *set_args(overrides), "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, explain(proc)
     results = json.loads((out / "baseline" / "results.json").read_text())
     assert results["clean"]["n"] == TEST_SUBSET and 0 <= results["clean"]["top1"] <= 1
-    assert (out / "report.html").is_file() and "data:image/png;base64," in (out / "report.html").read_text()
-    # the summary table: a header and a row for the baseline run with its clean accuracy
+    # every stage ran: the tokenizer reports its reconstructions, every model the quick suite
+    tokenizer = json.loads((out / "tokenizer" / "results.json").read_text())["tokenizer"]
+    assert tokenizer["psnr"] > 0 and (out / "tokenizer" / "figures" / tokenizer["figures"][0]).is_file()
+    models = ["baseline", "adversarial", "drvit", "dat", "relevance"]
+    for name in models:
+        res = json.loads((out / name / "results.json").read_text())
+        assert {"clean", "autoattack", "corruptions", "relevance", "background"} <= res.keys(), name
+        assert res["corruptions"]["reference"] == "baseline" and res["relevance"]["n"] == 16, name
+    assert json.loads((out / "baseline" / "results.json").read_text())["corruptions"]["mce"] == 100
+    assert json.loads((out / "drvit" / "results.json").read_text())["autoattack"]["gradient"] == "straight-through"
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "reconstructions" in html
+    # the summary table: a header and a row per run with its clean accuracy
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("run ") and "clean top1 %" in line)
     row = next(line for line in lines[header + 1 :] if line.startswith("baseline"))
     assert f"{100 * results['clean']['top1']:.2f}" in row.split()
+    assert all(any(line.startswith(name) for line in lines[header + 1 :]) for name in models)
     assert f"report: {out / 'report.html'}" in proc.stdout
 
 

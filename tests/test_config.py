@@ -18,7 +18,9 @@ from vitrobust.config import (
     resolve_config_path,
 )
 
-SHIPPED = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+# run configs (sweeps/ holds grids for `vitrobust sweep`, tested in test_sweep.py)
+SHIPPED = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+                 if p.relative_to(CONFIG_DIR).parts[0] != "sweeps")
 
 
 def write_yaml(path: Path, data: dict | str) -> Path:

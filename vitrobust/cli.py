@@ -38,11 +38,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from vitrobust.report import build_report
+def cmd_explain(args) -> int:
+    from vitrobust.explain import explain_run
 
-    out = build_report(args.runs, args.out)
-    print(f"report: {out}")
+    out = explain_run(args.path, args.n, args.out, args.overrides, method=args.method, target=args.target)
+    print("\n".join(f"figure: {f}" for f in out["figures"]) + f"\nmaps: {out['maps']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vitrobust.report import build_report, report_files
+
+    out = build_report(args.runs, args.out, title=args.title, sort=args.sort)
+    files = report_files(out)
+    print(f"report: {out}\n  markdown: {files['markdown']}\n  leaderboard: {files['latex']} (LaTeX), "
+          f"{files['csv']} (CSV)")
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from vitrobust.tokenizer import train_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.out or Path("runs") / cfg.name)
+    train_tokenizer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"run directory: {run_dir}")
     return 0
 
 
@@ -53,9 +73,17 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from vitrobust.sweep import sweep
+
+    sweep(args.grid, args.out, args.overrides, progress=not args.no_progress, dry_run=args.dry_run)
+    return 0
+
+
 def cmd_configs(args) -> int:
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
-        print(path.relative_to(CONFIG_DIR).with_suffix(""))
+        name = path.relative_to(CONFIG_DIR).with_suffix("")
+        print(f"{name}   (grid for `vitrobust sweep {name.name}`)" if name.parts[0] == "sweeps" else name)
     return 0
 
 
@@ -78,9 +106,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="results file (default: results.json beside the weights)")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("report", help="HTML/Markdown report from results.json files")
-    r.add_argument("runs", nargs="+", help="run directories")
-    r.add_argument("--out", help="report file (default: RUN/report.html for one run, else report.html)")
+    x = sub.add_parser("explain", help="relevance maps of the first test images, as overlay PNGs and a .pt file")
+    x.add_argument("path", help="run directory or .safetensors file")
+    x.add_argument("--n", type=int, default=8, help="number of test images (default 8)")
+    x.add_argument("--out", help="output folder (default RUN_DIR/explain)")
+    x.add_argument("--method", choices=["chefer", "rollout"], help="default: the run's evaluate.relevance.method")
+    x.add_argument("--target", choices=["label", "prediction"], help="class to explain (default: the run's "
+                                                                    "evaluate.relevance.target)")
+    _add_set(x)
+    x.set_defaults(func=cmd_explain)
+
+    r = sub.add_parser("report", help="HTML/Markdown report and LaTeX/CSV leaderboard from results.json files")
+    r.add_argument("runs", nargs="+", help="run directories (or results .json files)")
+    r.add_argument("--out", help="report file (default: RUN/report.html for one run, else report.html); "
+                                 "the .md, .tex and .csv versions go beside it")
+    r.add_argument("--title", default="vitrobust report", help="page title")
+    r.add_argument("--sort", help="order runs by a leaderboard column, best first (e.g. clean, pgd, autoattack, "
+                                  "mce, imagenet_v2, psnr); default: the order given")
     r.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="train and evaluate the quickstart models on Fashion-MNIST")
@@ -88,6 +130,24 @@ def parser() -> argparse.ArgumentParser:
     _add_set(q)
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_quickstart)
+
+    w = sub.add_parser("sweep", help="train and evaluate a grid of configs, then compare them in one report")
+    w.add_argument("grid", help="grid YAML path or shipped grid (light_recipe_ablation, scale_up)")
+    w.add_argument("--out", help="sweep folder (default runs/<grid name>)")
+    _add_set(w)
+    w.add_argument("--dry-run", action="store_true", help="list the runs and their overrides, train nothing")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_sweep)
+
+    k = sub.add_parser("tokenizer", help="VQ tokenizers (Dr.ViT, DAT)")
+    ks = k.add_subparsers(dest="action", required=True)
+    kt = ks.add_parser("train", help="train a VQGAN-layout tokenizer on a dataset; reports PSNR and code usage")
+    kt.add_argument("config", help="YAML path or shipped config name (e.g. quickstart/tokenizer)")
+    _add_set(kt)
+    kt.add_argument("--out", help="run directory (default runs/<name>)")
+    kt.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    kt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    kt.set_defaults(func=cmd_tokenizer)
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=cmd_configs)

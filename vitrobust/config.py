@@ -38,6 +38,16 @@ class MaskConfig(Section):
                              "channels) are foreground; for objects on a plain dark background")
     callable: str | None = Field(None, description="callable: 'package.module:function', (uint8 NCHW) -> bool N1HW")
     resize: Literal["nearest", "bilinear"] = Field("nearest", description="bilinear only to match the reference")
+    missing: Literal["drop", "error"] = Field("drop", description="folder: images without a mask file are "
+                                              "dropped (ImageNet-S covers a subset of ImageNet) or an error")
+    split: Literal["none", "reference"] = Field("none", description="reference: RobustViT's split of the masked "
+                                                "training images; train = images_per_class from each of "
+                                                "train_classes classes, test = val_images_per_class from each "
+                                                "remaining class (classes: sorted names shuffled by split_seed)")
+    images_per_class: int = Field(3, ge=1)
+    train_classes: int = Field(500, ge=1)
+    val_images_per_class: int = Field(1, ge=1)
+    split_seed: int = 0
 
 
 class DataConfig(Section):
@@ -153,16 +163,33 @@ class CorruptionConfig(Section):
     cache: str | None = Field(None, description="folder where generated corrupted sets are kept and reused")
     source: Literal["generate", "imagenet-c", "cifar-c"] = "generate"
     root: str | None = Field(None, description="imagenet-c / cifar-c: folder of the published files")
-    reference: str | None = Field(None, description="run dir or results.json of the model mCE is relative to "
-                                  "(required except on ImageNet-C, where AlexNet is the reference)")
+    reference: str | None = Field(None, description="run dir or results.json of the model mCE is relative to, "
+                                  "evaluated with the same names, severities, subset and source (default: "
+                                  "AlexNet's published errors on ImageNet-C; elsewhere none, and mce is null)")
 
 
 class ShiftConfig(Section):
-    """Distribution-shift benchmarks: where each dataset lies (nothing is downloaded)."""
+    """ImageNet and distribution-shift benchmarks: where each dataset lies (nothing is downloaded)."""
 
-    roots: dict[str, str] = Field(default_factory=dict, description="benchmark name -> folder, e.g. "
-                                  "imagenet_v2: /data/imagenetv2-matched-frequency-format-val")
-    subset: int | None = Field(None, ge=1, description="first n images of each shift set")
+    roots: dict[str, str | None] = Field(default_factory=dict, description="dataset -> folder (null: not given), "
+                                         "e.g. imagenet_v2: /data/imagenetv2-matched-frequency-format-val; keys: "
+                                         "imagenet (val; default data.root), imagenet_v2, imagenet_a, imagenet_r, "
+                                         "imagenet_sketch, stylized_imagenet, objectnet, si_score")
+    subset: int | None = Field(None, ge=1, description="first n images of each set (classes interleaved)")
+    crop_pct: float = Field(0.875, gt=0, le=1, description="resize the shorter side to img_size / crop_pct, then "
+                            "centre-crop (0.875: 256 -> 224, as RobustBench); Stylized-ImageNet is never resized")
+    interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize filter (bilinear: "
+                                                            "torchvision's default, used by RobustBench and RobustViT)")
+
+    @field_validator("roots")
+    @classmethod
+    def _known_roots(cls, roots: dict[str, str | None]) -> dict[str, str | None]:
+        known = ["imagenet", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "stylized_imagenet",
+                 "objectnet", "si_score"]
+        for key in roots:
+            if key not in known:
+                raise ValueError(f"unknown dataset {key!r}; {suggest(key, known)}known: {', '.join(known)}")
+        return roots
 
 
 class RelevanceConfig(Section):
@@ -197,14 +224,33 @@ class TokenizerConfig(Section):
     preset: str | None = Field(None, description="a published layout, e.g. vqgan_imagenet_f16_1024")
     arch: dict[str, Any] = Field(default_factory=dict, description="layout keys (ch, ch_mult, num_res_blocks, "
                                  "attn_resolutions, z_channels, embed_dim, n_embed, ...) over the preset's")
-    init: str | None = Field(None, description="start from this tokenizer (.safetensors or taming .ckpt)")
+    init: str | None = Field(None, description="start from this tokenizer: a vitrobust run/.safetensors (its own "
+                             "layout) or a taming .ckpt (layout from preset/arch, else read from its shapes)")
+    trust_checkpoint: bool = Field(False, description="init is a .ckpt that pickles objects (Lightning): read it "
+                                   "anyway, as inert placeholders; only for files you trust")
     recon_loss: Literal["l1", "mse"] = "l1"
+    codebook_update: Literal["ema", "loss"] = Field("ema", description="ema: codes follow an EMA of the encoder "
+                                                    "outputs (vector-quantize-pytorch); loss: taming's codebook loss")
+    codebook_decay: float = Field(0.9, gt=0.0, lt=1.0, description="codebook_update=ema: EMA decay")
     commitment_weight: float = Field(0.25, ge=0.0)
-    codebook_weight: float = Field(1.0, ge=0.0)
+    codebook_weight: float = Field(1.0, ge=0.0, description="codebook_update=loss: weight of |sg[z] - e|^2")
     perceptual_weight: float = Field(0.0, ge=0.0, description="needs a pretrained network; off by default")
     gan_weight: float = Field(0.0, ge=0.0)
-    dead_code_threshold: float = Field(0.0, ge=0.0, description="re-seed codes used less than this (EMA count)")
-    kmeans_init: bool = False
+    dead_code_threshold: float = Field(0.0, ge=0.0, description="codebook_update=ema: re-seed codes whose EMA "
+                                       "usage count falls below this from the batch (0: never)")
+    kmeans_init: bool = Field(False, description="codebook_update=ema: k-means init on the first batch")
+    grid: int = Field(8, ge=1, description="test images drawn in figures/reconstructions.png")
+
+    @field_validator("codebook_weight", "dead_code_threshold", "kmeans_init")
+    @classmethod
+    def _needs_its_update_rule(cls, value, info):
+        mode = info.data.get("codebook_update", "ema")
+        if info.field_name == "codebook_weight" and mode == "ema" and value != 1.0:
+            raise ValueError("applies to codebook_update=loss; with ema the codebook follows an EMA of the encoder "
+                             "outputs (tune codebook_decay instead)")
+        if info.field_name != "codebook_weight" and mode == "loss" and value:
+            raise ValueError("needs codebook_update=ema (vector-quantize-pytorch's EMA codebook)")
+        return value
 
 
 class Config(Section):
@@ -247,11 +293,11 @@ def resolve_config_path(name: str | Path) -> Path:
     raise ConfigError(f"config {str(name)!r} not found: give a YAML path or a shipped config ({', '.join(shipped)})")
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "objective":
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         elif key == "objective" and isinstance(value, dict) and isinstance(out.get(key), dict):
             same = value.get("name", out[key].get("name")) == out[key].get("name")
             out[key] = {**out[key], **value} if same else dict(value)
@@ -275,7 +321,7 @@ def read_config_dict(name: str | Path, _seen: tuple = ()) -> dict:
         return raw
     local = path.parent / base
     parent = read_config_dict(local if local.is_file() else base, _seen + (path,))
-    return _deep_merge(parent, raw)
+    return deep_merge(parent, raw)
 
 
 def _parse_value(text: str):
@@ -302,7 +348,7 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = value
-        raw = _deep_merge(raw, node)
+        raw = deep_merge(raw, node)
     return raw
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from vitrobust.config import Config, apply_overrides, build_config
+from vitrobust.config import CONFIG_DIR, Config, apply_overrides, build_config, deep_merge, read_config_dict
 from vitrobust.data import ImageSet, load_split
 from vitrobust.distributed import setup_distributed
-from vitrobust.evaluate import adversarial  # noqa: F401  (registers pgd, autoattack, eps_sweep)
+from vitrobust.evaluate import adversarial, background, corruptions, relevance, shifts  # noqa: F401  (registers pgd, autoattack, eps_sweep, background, corruptions, relevance, imagenet_*, shifts)
 from vitrobust.evaluate.core import (
     BENCHMARKS,
     SUITES,
@@ -23,13 +23,13 @@ from vitrobust.evaluate.core import (
     run_suite,
     write_results,
 )
-from vitrobust.models import count_params
+from vitrobust.models import count_flops, count_params
 from vitrobust.models.io import load_model, weights_file
 
 
 def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
              subset: int | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
-             out_dir: str | Path | None = None, progress=None) -> dict:
+             out_dir: str | Path | None = None, progress=None, on_result=None) -> dict:
     """Run a suite (or comma-separated benchmarks) on a [0,1]-input model in eval mode."""
     if cfg is None:
         cfg = run_config(model) if getattr(model, "run_config", "") else Config()
@@ -39,12 +39,17 @@ def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None
     data = data.subset(subset if subset is not None else cfg.evaluate.subset)
     ctx = EvalContext(cfg=cfg, data=data, device=device, out_dir=Path(out_dir) if out_dir else None,
                       batch_size=batch_size or cfg.data.eval_batch_size)
-    return run_suite(model, suite, ctx, progress)
+    return run_suite(model, suite, ctx, progress, on_result)
 
 
-def run_config(model: torch.nn.Module, overrides: list[str] | None = None) -> Config:
-    """The config a loaded model was trained with (from its checkpoint metadata), plus overrides."""
+def run_config(model: torch.nn.Module, overrides: list[str] | None = None, suite: str | None = None) -> Config:
+    """The config a loaded model was trained with (from its checkpoint metadata), then the shipped
+    evaluation preset of the suite if there is one (configs/eval/<suite>.yaml: ImageNet's eps, subsets,
+    dataset folders), then the overrides."""
     raw = yaml.safe_load(getattr(model, "run_config", "") or "") or {}
+    for name in (suite or "").split(","):
+        if name.strip() and (CONFIG_DIR / "eval" / f"{name.strip()}.yaml").is_file():
+            raw = deep_merge(raw, read_config_dict(f"eval/{name.strip()}"))
     return build_config(apply_overrides(raw, overrides))
 
 
@@ -53,19 +58,22 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     """What `vitrobust evaluate` does: load, run the suite, merge into results.json (rank 0 writes)."""
     path = Path(path)
     model = load_model(path)
-    cfg = run_config(model, overrides)
+    cfg = run_config(model, overrides, suite)
     if cfg.evaluate.use_ema:
         model = load_model(path, ema=True)
     dist = setup_distributed(cfg.device)
     model.to(dist.device)
     results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
+    meta = {"model": model.spec["name"], "params": count_params(model), "flops": count_flops(model),
+            "dataset": cfg.data.name, "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name}
+
+    def save(name: str, entry: dict) -> None:  # each benchmark's entry as soon as it is done
+        if dist.main:
+            stamp = {"evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
+            write_results(results_path, {name: entry}, {**meta, **stamp})
+
     results = evaluate(model, suite, cfg=cfg, device=dist.device, out_dir=results_path.parent / "figures",
-                       progress=progress if dist.main else None)
-    if dist.main:
-        meta = {"model": model.spec["name"], "params": count_params(model), "dataset": cfg.data.name,
-                "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name,
-                "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
-        write_results(results_path, results, meta)
+                       progress=progress if dist.main else None, on_result=save)
     return results, results_path
 
 

@@ -30,7 +30,8 @@ class EvalContext:
 
     def loader(self, data: ImageSet | None = None) -> BatchLoader:
         return BatchLoader(data or self.data, self.batch_size, self.device, train=False,
-                           img_size=self.cfg.data.img_size, rank=self.dist.rank, world=self.dist.world)
+                           img_size=self.cfg.data.img_size, rank=self.dist.rank, world=self.dist.world,
+                           num_workers=self.cfg.data.num_workers)
 
 
 Benchmark = Callable[[torch.nn.Module, EvalContext], dict]
@@ -88,14 +89,24 @@ def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
     return {"top1": (preds == labels).float().mean().item(), "n": len(labels)}
 
 
-def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None) -> dict:
+def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None,
+              on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """Run each benchmark of the suite; `on_result(name, entry)` after each (results.json is written
+    as the suite goes, so a long suite that fails late keeps what it finished)."""
     if model.training:
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
+    names = expand_suite(suite)
+    for name in names:  # fail in seconds on a missing dataset folder, not hours into the suite
+        check = getattr(BENCHMARKS[name], "check", None)
+        if check:
+            check(ctx)
     results = {}
-    for name in expand_suite(suite):
+    for name in names:
         t0 = time.perf_counter()
         results[name] = BENCHMARKS[name](model, ctx)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        if on_result:
+            on_result(name, results[name])
         if progress:
             progress(f"{name}: {summarize(name, results[name])}")
     return results
@@ -105,6 +116,14 @@ def summarize(name: str, result: dict) -> str:
     if "top1" in result:
         return f"top1 {100 * result['top1']:.2f}% (n={result.get('n')})"
     return json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))})[:120]
+
+
+def is_evaluated(run_dir: Path, suite: str) -> bool:
+    """results.json is newer than the weights and holds every benchmark of the suite."""
+    results, weights = Path(run_dir) / "results.json", Path(run_dir) / "model.safetensors"
+    if not results.is_file() or not weights.is_file() or results.stat().st_mtime < weights.stat().st_mtime:
+        return False
+    return set(expand_suite(suite)) <= set(read_results(results))
 
 
 def read_results(path: Path) -> dict:

@@ -21,7 +21,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-from vitrobust.objectives import adversarial  # noqa: E402, F401  (registers pgd_at, trades, fgsm_rs)
+from vitrobust.objectives import adversarial, dat, relevance  # noqa: E402, F401  (registers pgd_at, trades, fgsm_rs, dat, relevance)
 
 
 def objective_params(section: dict[str, Any]):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 
 from vitrobust.attacks.pgd import pgd_attack
+from vitrobust.attacks.straight_through import attack_gradients
 from vitrobust.objectives import register_objective
 from vitrobust.objectives.base import Objective, ObjectiveParams, TrainState
 
@@ -57,6 +58,8 @@ class AttackParams(ObjectiveParams):
     step_size: float | None = Field(None, gt=0, description="attack step (default: a multiple of the full eps)")
     scale_step_with_eps: bool = Field(False, description="scale the step with the warmed-up eps (the reference keeps it)")
     attack_mode: Literal["eval", "train"] = "eval"
+    gradient: Literal["auto", "exact", "straight-through"] = Field(
+        "auto", description="through quantisers (Dr.ViT): auto = straight-through where the model has one")
     warmup_epochs: int = Field(0, ge=0, description="linear eps ramp over this many epochs (epoch 0 of it is clean)")
     zero_eps_epochs: int = Field(0, ge=0, description="clean epochs before the ramp")
 
@@ -99,7 +102,7 @@ class AdversarialObjective(Objective):
         x_adv = batch.x
         if eps > 0:
             attacker = self.attack_model(model, state)
-            with attack_mode(attacker, p.attack_mode):
+            with attack_mode(attacker, p.attack_mode), attack_gradients(attacker, p.gradient):
                 x_adv = pgd_attack(attacker, batch.x, batch.y, eps=eps, norm=p.norm, steps=steps,
                                    step_size=self.step_size(eps), random_start=random_start, check=False)
         logits = model(x_adv)
@@ -183,7 +186,7 @@ class Trades(AdversarialObjective):
             acc = self.accuracy(logits, batch)
             return loss, {"loss": loss.detach(), "acc": acc, "adv_acc": acc, "kl": 0.0, "eps": eps}
         attacker = self.attack_model(model, state)
-        with attack_mode(attacker, p.attack_mode):
+        with attack_mode(attacker, p.attack_mode), attack_gradients(attacker, p.gradient):
             with torch.no_grad():
                 p_clean = F.softmax(attacker(batch.x).float(), dim=-1)
             x_adv = kl_attack(attacker, batch.x, p_clean, eps=eps, norm=p.norm, steps=p.steps,

@@ -25,6 +25,7 @@ from vitrobust.distributed import any_true, barrier, setup_distributed
 from vitrobust.errors import UserError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
+from vitrobust.models.drvit import param_groups
 from vitrobust.objectives import TrainState, build_objective
 from vitrobust.train.metrics import MetricsLog, Window
 
@@ -70,6 +71,23 @@ def _config_diff(old: str, new: str) -> str:
     return "\n".join(list(lines)[2:12])
 
 
+def optimizer_step(loss: torch.Tensor, optimizer, scaler, model: torch.nn.Module, clip_grad: float | None) -> None:
+    """Backward (loss-scaled for fp16), clip the global gradient norm, step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -94,7 +112,10 @@ class Trainer:
                              f"(data.batch_size={cfg.data.batch_size}): lower the batch size")
         self.objective = build_objective(cfg.objective, cfg=cfg, dataset=self.train_set, device=self.device)
         o = cfg.optim
-        self.optimizer = create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+        groups = {}
+        if any(name.endswith("codebook_delta") for name, _ in self.model.named_parameters()):
+            groups["param_group_fn"] = lambda m: param_groups(m, o.weight_decay)  # Dr.ViT's delta at lr/100
+        self.optimizer = create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, **groups,
                                              **({"betas": o.betas} if "adam" in o.name else {"momentum": o.momentum}))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -106,6 +127,7 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, enabled=self.dist.main)
         self.state = TrainState(epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch, model=self.model)
         self.best = -math.inf
+        self.selection = ("test_top1", True)  # (metric, higher is better) for train.keep_best
         self.start_epoch, self.start_batch = 0, 0
         self.show_progress = progress and self.dist.main
         self._write_config(resume)
@@ -231,19 +253,7 @@ class Trainer:
                 f"loss is {float(loss.detach())} at epoch {state.epoch + 1}, step {state.step}: training stopped. "
                 f"{kept} Lower optim.lr, set optim.clip_grad, or use train.precision=fp32."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if cfg.optim.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        optimizer_step(loss, self.optimizer, self.scaler, self.model, cfg.optim.clip_grad)
         state.step += 1
         self.scheduler.step_update(state.step)
         if self.ema is not None:
@@ -266,14 +276,16 @@ class Trainer:
             evals = self._evaluate()
             self.metrics.log("eval", epoch=epoch + 1, step=self.state.step, **evals)
             row.update(evals)
-            if cfg.train.keep_best and evals["test_top1"] > self.best and self.dist.main:
-                self.best = evals["test_top1"]
+            name, higher = self.selection
+            score = evals[name] if higher else -evals[name]  # self.best holds the score, sign flipped for losses
+            if cfg.train.keep_best and score > self.best and self.dist.main:
+                self.best = score
                 save_weights(self.model, self.run_dir / "best.safetensors", self.model.spec, cfg.to_yaml(),
                              step=self.state.step, epoch=epoch + 1)
         self._save_checkpoint(epoch + 1, 0)
         if self.dist.main:
             parts = [f"epoch {epoch + 1}/{cfg.train.epochs}"]
-            parts += [f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "acc", "test_top1", "ema_top1", "img_per_s")]
+            parts += [f"{k} {v:.4g}" for k, v in row.items() if k in ("loss", "acc", "test_top1", "ema_top1", "img_per_s", self.selection[0])]
             print("  ".join(parts), flush=True)
 
     def _evaluate(self) -> dict:
@@ -283,6 +295,11 @@ class Trainer:
         out = {"test_top1": clean(self.model, ctx)["top1"]}
         if self.ema is not None:
             out["ema_top1"] = clean(self.ema.module, ctx)["top1"]
+        metric = getattr(self.objective, "validation_metric", None)
+        if metric is not None:  # the objective's own selection criterion (every rank runs it: it gathers)
+            name, value, higher = metric(self.model, ctx.loader())
+            out[name] = value
+            self.selection = (name, higher)
         self.model.train()
         return out
 

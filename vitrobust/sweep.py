@@ -1,0 +1,175 @@
+"""`vitrobust sweep GRID.yaml`: train and evaluate a grid of configs, then compare them in one report.
+
+A grid file names a base config, overrides shared by every run, and one or more grids: each
+grid is a mapping `key: [values]` whose cartesian product gives runs; the runs of all grids are
+pooled (a run two grids share is trained once). Runs can also be listed one by one under `runs`.
+
+    name: light_recipe_ablation
+    config: recipes/xcit_s12_imagenet_at
+    set: [train.epochs=10]
+    suite: clean,autoattack
+    grids:
+      - {augment.mixup: [0.0, 0.8], augment.cutmix: [0.0, 1.0]}
+      - {objective.warmup_epochs: [0, 5, 10, 20]}
+
+Every run is resumable (a finished run is skipped; a killed one continues from its checkpoint),
+and each can be launched with torchrun (`launcher: torchrun`, `nproc_per_node: N`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vitrobust.checkpoint import atomic_write_text
+from vitrobust.config import ConfigError, load_config, resolve_config_path
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sweep"
+    config: str = Field(description="base config: a shipped name or a path (relative to the grid file)")
+    set: list[str] = Field(default_factory=list, description="overrides applied to every run")
+    grids: list[dict[str, list[Any]]] = Field(default_factory=list, description="cartesian grids, pooled")
+    runs: list[dict[str, Any]] = Field(default_factory=list, description="explicit runs: {key: value, ...}")
+    suite: str = "clean"
+    launcher: Literal["none", "torchrun"] = "none"
+    nproc_per_node: int = Field(1, ge=1)
+
+
+def _format(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A readable, file-safe directory name: the last part of each key and its value."""
+    if not overrides:
+        return "base"
+    parts = [f"{key.rsplit('.', 1)[-1]}={_format(value)}" for key, value in overrides.items()]
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", ",".join(parts))[:120]
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The distinct override sets of the sweep, in grid order."""
+    combos: list[dict[str, Any]] = []
+    for grid in spec.grids:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid key {key!r}: give a non-empty list of values, got {values!r}")
+        keys = list(grid)
+        combos += [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    combos += [dict(run) for run in spec.runs]
+    unique: list[dict[str, Any]] = []
+    for combo in combos or [{}]:
+        if combo not in unique:
+            unique.append(combo)
+    return unique
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    path = Path(path)
+    if not path.is_file():
+        shipped = Path(__file__).parent / "configs" / "sweeps" / f"{path.name.removesuffix('.yaml')}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(f"sweep grid {str(path)!r} not found: give a YAML path or a shipped grid "
+                              f"({', '.join(p.stem for p in shipped.parent.glob('*.yaml'))})")
+        path = shipped
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        spec = SweepSpec.model_validate(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']} "
+                          f"(valid keys: {', '.join(SweepSpec.model_fields)})") from None
+    local = path.parent / spec.config
+    base = local if local.is_file() or local.with_suffix(".yaml").is_file() else Path(spec.config)
+    try:
+        resolve_config_path(base)
+    except ConfigError:
+        base = Path(spec.config)
+    return spec, base
+
+
+def plan(spec: SweepSpec, base: Path, out: Path, extra: list[str] | None = None) -> list[tuple[Path, list[str]]]:
+    """(run dir, overrides) per run; every config is validated before anything trains.
+
+    `extra` overrides (the command line's --set) apply to every run, after the grid file's.
+    A run's `name` key, if given, names its directory; otherwise the overrides do.
+    """
+    out, runs, seen = Path(out), [], {}
+    for combo in expand(spec):
+        combo = dict(combo)
+        name = str(combo.pop("name", "")) or run_name(combo)
+        overrides = [*spec.set, *(f"{k}={_format(v)}" for k, v in combo.items()), *(extra or [])]
+        try:
+            cfg = load_config(base, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"sweep run {name!r}: {err}") from None
+        key = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+        if key in seen:  # the same configuration reached from two grids is trained once
+            print(f"   {name}: same configuration as {seen[key]}, not repeated", flush=True)
+            continue
+        seen[key] = name
+        runs.append((out / name, [*overrides, f"name={name}"]))
+    return runs
+
+
+def _torchrun(args: list[str], nproc: int) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "vitrobust", *args]
+    print("   $ " + " ".join(cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError(f"torchrun failed: {' '.join(cmd)}")
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
+          progress: bool = True, dry_run: bool = False) -> Path:
+    from vitrobust.evaluate import evaluate_path
+    from vitrobust.evaluate.core import is_evaluated
+    from vitrobust.report import build_report
+    from vitrobust.report.sweep_plots import robustness_vs_cost
+    from vitrobust.train import train
+
+    spec, base = load_sweep(grid)
+    out = Path(out or Path("runs") / spec.name)
+    runs = plan(spec, base, out, overrides)
+    print(f"sweep {spec.name}: {len(runs)} runs of {base} -> {out}", flush=True)
+    if dry_run:
+        for run_dir, run_overrides in runs:
+            print(f"  {run_dir.name}: {' '.join(run_overrides)}")
+        return out
+    for i, (run_dir, overrides) in enumerate(runs, 1):
+        print(f"== [{i}/{len(runs)}] {run_dir.name}", flush=True)
+        if spec.launcher == "torchrun":
+            _torchrun(["train", str(base), "--out", str(run_dir), "--resume", "--no-progress",
+                       *_set_args(overrides)], spec.nproc_per_node)
+            if not is_evaluated(run_dir, spec.suite):
+                _torchrun(["evaluate", str(run_dir), "--suite", spec.suite], spec.nproc_per_node)
+            continue
+        train(load_config(base, overrides), run_dir, resume=True, progress=progress)
+        if not is_evaluated(run_dir, spec.suite):
+            evaluate_path(run_dir, spec.suite, progress=lambda line: print(f"   {line}", flush=True))
+
+    dirs = [run_dir for run_dir, _ in runs]
+    extra = [robustness_vs_cost(dirs, out / "figures" / "robustness_vs_cost.png")]
+    report = build_report(dirs, out / "report.html", title=f"vitrobust sweep: {spec.name}",
+                          extra_figures=[("Accuracy vs parameters and FLOPs", p) for p in extra if p])
+    summary = {"name": spec.name, "config": str(base), "suite": spec.suite,
+               "runs": [{"name": d.name, "overrides": o} for d, o in runs]}
+    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
+    print(f"report: {report}", flush=True)
+    return report
