@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vitrobust.config import load_config
 from vitrobust.evaluate import evaluate_path
-from vitrobust.evaluate.core import is_evaluated
+from vitrobust.evaluate.core import missing_benchmarks
 from vitrobust.report import build_report, summary_rows, text_table
 from vitrobust.train import train
 
@@ -63,8 +63,9 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
             runs.append(run_dir)
             continue
         train(cfg, run_dir, resume=True, progress=progress)
-        if not is_evaluated(run_dir, stage.suite):
-            evaluate_path(run_dir, stage.suite, [*eval_overrides(out), *(overrides or [])],
+        missing = missing_benchmarks(run_dir, stage.suite)  # a resumed quickstart redoes only these
+        if missing:
+            evaluate_path(run_dir, ",".join(missing), [*eval_overrides(out), *(overrides or [])],
                           progress=lambda line: print(f"   {line}", flush=True))
         runs.append(run_dir)
     report = build_report(runs, out / "report.html", title="vitrobust quickstart")

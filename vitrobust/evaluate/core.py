@@ -118,12 +118,18 @@ def summarize(name: str, result: dict) -> str:
     return json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))})[:120]
 
 
-def is_evaluated(run_dir: Path, suite: str) -> bool:
-    """results.json is newer than the weights and holds every benchmark of the suite."""
+def missing_benchmarks(run_dir: Path, suite: str) -> list[str]:
+    """The suite's benchmarks that results.json lacks, or all of them if the weights are newer."""
     results, weights = Path(run_dir) / "results.json", Path(run_dir) / "model.safetensors"
+    names = expand_suite(suite)
     if not results.is_file() or not weights.is_file() or results.stat().st_mtime < weights.stat().st_mtime:
-        return False
-    return set(expand_suite(suite)) <= set(read_results(results))
+        return names
+    have = read_results(results)
+    return [name for name in names if name not in have]
+
+
+def is_evaluated(run_dir: Path, suite: str) -> bool:
+    return not missing_benchmarks(run_dir, suite)
 
 
 def read_results(path: Path) -> dict:
