@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -334,7 +335,8 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     )
     per_corruption: dict[str, dict[str, float]] = {name: {} for name in names}
     with tqdm(
-        total=len(names) * len(severities), desc="corruptions", disable=not ctx.dist.main, leave=False
+        total=len(names) * len(severities), desc="corruptions", leave=False,
+        disable=not ctx.dist.main or not sys.stderr.isatty(),  # a bar in a terminal, no bar lines in logs
     ) as bar:
         for name, severity, corrupted in sets:
             bar.set_postfix_str(f"{name} {severity}")
