@@ -81,3 +81,19 @@ def test_tiny_sweep_end_to_end(tmp_path, one_thread):
     mtime = (out / "wide" / "results.json").stat().st_mtime
     sweep(grid, out, progress=False)
     assert (out / "wide" / "results.json").stat().st_mtime == mtime
+
+
+def test_sweep_launches_each_run_with_torchrun(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "ddp", "config": "quickstart/baseline", "suite": "clean", "launcher": "torchrun", "nproc_per_node": 2,
+        "set": [*TINY, "train.epochs=1", "evaluate.subset=64", "model.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"],
+        "runs": [{"name": "two_ranks"}],
+    }))
+    out = tmp_path / "out"
+    sweep(grid, out, progress=False)
+    res = read_results(out / "two_ranks" / "results.json")
+    assert res["clean"]["n"] == 64 and (out / "two_ranks" / "model.safetensors").is_file()
+    start = json.loads((out / "two_ranks" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["kind"] == "start" and start["world"] == 2  # trained on two ranks
+    assert (out / "report.html").is_file()

@@ -42,7 +42,7 @@ def eval_overrides(out: Path) -> list[str]:
     baseline on the same corrupted images (generated once, then read from the cache), and threshold
     foreground masks for the relevance and background benchmarks."""
     return [f"evaluate.corruptions.reference={out / 'baseline'}", f"evaluate.corruptions.cache={out / 'corruptions'}",
-            "evaluate.corruptions.subset=200", "data.masks.source=threshold"]
+            "evaluate.corruptions.subset=200", "data.masks.source=threshold", "evaluate.relevance.subset=500"]
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None, progress: bool = True) -> Path:

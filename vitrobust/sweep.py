@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.config import ConfigError, load_config, resolve_config_path
+from vitrobust.errors import UserError
 
 
 class SweepSpec(BaseModel):
@@ -126,10 +127,13 @@ def plan(spec: SweepSpec, base: Path, out: Path, extra: list[str] | None = None)
 
 
 def _torchrun(args: list[str], nproc: int) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "vitrobust", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "vitrobust", *args]
     print("   $ " + " ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise RuntimeError(f"torchrun failed: {' '.join(cmd)}")
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise UserError(f"torchrun exited with {code} (its output is above): {' '.join(cmd)}; "
+                        f"fix the cause and run the sweep again: finished runs are kept, this one resumes")
 
 
 def _set_args(overrides: list[str]) -> list[str]:
