@@ -15,7 +15,7 @@ from vitrobust.attacks.pgd import pgd_attack
 from vitrobust.attacks.straight_through import attack_gradients, resolve_gradient
 from vitrobust.checkpoint import save_weights
 from vitrobust.config import Config, load_config
-from vitrobust.errors import ModelError
+from vitrobust.errors import InputError, ModelError
 from vitrobust.evaluate import evaluate
 from vitrobust.models import build_model, model_spec
 from vitrobust.models.drvit import BCE_HEAD_BIAS, CODEBOOK_DELTA_LR_SCALE, DRVIT_MODELS, param_groups
@@ -196,6 +196,8 @@ def test_pgd_with_straight_through_lowers_the_accuracy_of_a_discrete_only_model(
     model.eval()
     xg = x.clone().requires_grad_(True)
     assert torch.autograd.grad(F.cross_entropy(model(xg), y), xg, allow_unused=True)[0] is None  # exact: none
+    with pytest.raises(InputError, match="no gradient path.*straight-through"):
+        pgd_attack(model, x, y, eps=0.1, steps=2)  # an exact-gradient attack says why, instead of a torch error
     eps = 0.1
     with attack_gradients(model):
         (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)

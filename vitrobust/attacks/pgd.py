@@ -78,7 +78,10 @@ def pgd_attack(
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = loss_fn(model(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
+            grad = torch.autograd.grad(loss, delta, allow_unused=True)[0] if loss.requires_grad else None
+            if grad is None:
+                raise InputError("the model's output has no gradient path to its input (a quantiser attacked with "
+                                 "exact gradients?): use gradient=auto or straight-through for this model")
             delta = delta.detach() + step_size * ascent_direction(grad, norm)
             delta = (x + project(delta, eps, norm)).clamp_(0, 1) - x
         x_adv = (x + delta).detach()

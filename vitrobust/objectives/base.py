@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class ObjectiveParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    loss: Literal["ce", "bce"] = Field("ce", description="training loss on logits: softmax cross-entropy, or "
+                                       "sigmoid binary cross-entropy per class (AugReg style, Dr.ViT's reference)")
 
 
 @dataclass
@@ -53,6 +55,11 @@ class Objective:
         return t * (1 - ls) + ls / num_classes if ls else t
 
     def cross_entropy(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        """The training loss: softmax CE, or with `loss: bce` the sigmoid BCE summed over classes and
+        averaged over the batch (big_vision's sigmoid_xent), both on (smoothed, mixed) targets."""
+        if self.params.loss == "bce":
+            target = self.soft_targets(batch, logits.shape[-1])
+            return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum") / len(logits)
         if batch.target is None:
             return F.cross_entropy(logits.float(), batch.y, label_smoothing=self.params.label_smoothing)
         target = self.soft_targets(batch, logits.shape[-1])
