@@ -112,6 +112,10 @@ def test_quickstart(tmp_path):
         assert res["corruptions"]["reference"] == "baseline" and res["relevance"]["n"] == 16, name
     assert json.loads((out / "baseline" / "results.json").read_text())["corruptions"]["mce"] == 100
     assert json.loads((out / "drvit" / "results.json").read_text())["autoattack"]["gradient"] == "straight-through"
+    for name in ("textured", "textured_relevance"):  # background reliance on class-correlated textures
+        res = json.loads((out / name / "results.json").read_text())
+        assert res["meta"]["dataset"] == "fashion_mnist_textured" and res["background"]["n"] == 16, name
+        assert res["background"]["bg_gap"] == pytest.approx(res["background"]["mixed_same"] - res["background"]["mixed_rand"])
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "reconstructions" in html
     # the summary table: a header and a row per run with its clean accuracy
@@ -119,7 +123,7 @@ def test_quickstart(tmp_path):
     header = next(i for i, line in enumerate(lines) if line.startswith("run ") and "clean top1 %" in line)
     row = next(line for line in lines[header + 1 :] if line.startswith("baseline"))
     assert f"{100 * results['clean']['top1']:.2f}" in row.split()
-    assert all(any(line.startswith(name) for line in lines[header + 1 :]) for name in models)
+    assert all(any(line.startswith(name) for line in lines[header + 1 :]) for name in [*models, "textured_relevance"])
     assert f"report: {out / 'report.html'}" in proc.stdout
 
 

@@ -25,6 +25,7 @@ class Stage:
     init: str | None = None  # fine-tune from this earlier stage's weights
     tokenizer_key: str | None = None  # config key that gets the quickstart's tokenizer run
     kind: str = "model"  # or "tokenizer" (trained by `vitrobust tokenizer train`, not evaluated)
+    eval_set: tuple[str, ...] | None = None  # evaluation settings instead of the plain-data ones
 
 
 STAGES = [
@@ -34,15 +35,24 @@ STAGES = [
     Stage("drvit", "quickstart/drvit", init="baseline", tokenizer_key="model.kwargs.tokenizer"),
     Stage("dat", "quickstart/dat", init="baseline", tokenizer_key="objective.tokenizer"),
     Stage("relevance", "quickstart/relevance", init="baseline"),
+    # background reliance, measurable: textures that give the class away in training, independent at test
+    Stage("textured", "quickstart/textured", init="baseline", suite="clean,background,relevance",
+          eval_set=("data.options.test_correlation=1.0",)),
+    Stage("textured_relevance", "quickstart/textured_relevance", init="textured", suite="clean,background,relevance",
+          eval_set=("data.options.test_correlation=1.0",)),
 ]
 
 
-def eval_overrides(out: Path) -> list[str]:
-    """Settings every quickstart model is evaluated with, so their numbers compare: mCE relative to the
-    baseline on the same corrupted images (generated once, then read from the cache), and threshold
-    foreground masks for the relevance and background benchmarks."""
-    return [f"evaluate.corruptions.reference={out / 'baseline'}", f"evaluate.corruptions.cache={out / 'corruptions'}",
-            "evaluate.corruptions.subset=200", "data.masks.source=threshold", "evaluate.relevance.subset=500"]
+def eval_overrides(out: Path, stage: Stage) -> list[str]:
+    """Settings every quickstart model is evaluated with, so their numbers compare: relevance on the
+    same 500 images; on plain Fashion-MNIST, mCE relative to the baseline on the same corrupted images
+    (generated once, then read from the cache) and threshold foreground masks; the textured stages keep
+    their dataset's own masks and test on class-correlated backgrounds (`eval_set`)."""
+    common = ["evaluate.relevance.subset=500"]
+    if stage.eval_set is not None:
+        return [*common, *stage.eval_set]
+    return [*common, f"evaluate.corruptions.reference={out / 'baseline'}", f"evaluate.corruptions.cache={out / 'corruptions'}",
+            "evaluate.corruptions.subset=200", "data.masks.source=threshold"]
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None, progress: bool = True) -> Path:
@@ -65,7 +75,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         train(cfg, run_dir, resume=True, progress=progress)
         missing = missing_benchmarks(run_dir, stage.suite)  # a resumed quickstart redoes only these
         if missing:
-            evaluate_path(run_dir, ",".join(missing), [*eval_overrides(out), *(overrides or [])],
+            evaluate_path(run_dir, ",".join(missing), [*eval_overrides(out, stage), *(overrides or [])],
                           progress=lambda line: print(f"   {line}", flush=True))
         runs.append(run_dir)
     report = build_report(runs, out / "report.html", title="vitrobust quickstart")
