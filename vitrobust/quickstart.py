@@ -52,7 +52,7 @@ def eval_overrides(out: Path, stage: Stage) -> list[str]:
     if stage.eval_set is not None:
         return [*common, *stage.eval_set]
     return [*common, f"evaluate.corruptions.reference={out / 'baseline'}", f"evaluate.corruptions.cache={out / 'corruptions'}",
-            "evaluate.corruptions.subset=200", "data.masks.source=threshold"]
+            "evaluate.corruptions.subset=100", "data.masks.source=threshold"]
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None, progress: bool = True) -> Path:
