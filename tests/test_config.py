@@ -131,7 +131,7 @@ def test_override_on_shipped_config():
     cfg = load_config("quickstart/baseline", ["optim.lr=2e-4", "train.epochs=1", "objective.label_smoothing=0.1"])
     assert cfg.optim.lr == pytest.approx(2e-4)
     assert cfg.train.epochs == 1
-    assert cfg.objective == {"name": "standard", "label_smoothing": 0.1}
+    assert cfg.objective == {"name": "standard", "label_smoothing": 0.1, "loss": "ce"}
     assert cfg.model.name == "vit_pico_patch8_32"  # from the file
 
 
@@ -173,7 +173,7 @@ def test_base_relative_file(tmp_path):
     assert cfg.seed == 5
     assert cfg.optim.lr == 0.01
     assert cfg.optim.weight_decay == 0.2  # deep-merged, not replaced
-    assert cfg.objective == {"name": "standard", "label_smoothing": 0.1}
+    assert cfg.objective == {"name": "standard", "label_smoothing": 0.1, "loss": "ce"}
     assert "base" not in read_config_dict(child)
 
 
