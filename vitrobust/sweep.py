@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vitrobust.checkpoint import atomic_write_text
-from vitrobust.config import ConfigError, load_config, resolve_config_path
+from vitrobust.config import ConfigError, load_config
 from vitrobust.errors import UserError
 
 
@@ -93,13 +93,8 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
         first = err.errors()[0]
         raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']} "
                           f"(valid keys: {', '.join(SweepSpec.model_fields)})") from None
-    local = path.parent / spec.config
-    base = local if local.is_file() or local.with_suffix(".yaml").is_file() else Path(spec.config)
-    try:
-        resolve_config_path(base)
-    except ConfigError:
-        base = Path(spec.config)
-    return spec, base
+    local = path.parent / spec.config  # a config beside the grid file, else a shipped name (plan validates it)
+    return spec, next((c for c in (local, local.with_suffix(".yaml")) if c.is_file()), Path(spec.config))
 
 
 def plan(spec: SweepSpec, base: Path, out: Path, extra: list[str] | None = None) -> list[tuple[Path, list[str]]]:
