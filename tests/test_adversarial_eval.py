@@ -18,12 +18,12 @@ from helpers_adversarial import test_images as first_test_images
 from torch import nn
 
 from vitrobust.attacks.autoattack import run_autoattack
-from vitrobust.errors import InputError
+from vitrobust.errors import ConfigError, InputError
 from vitrobust.evaluate import SUITES, evaluate
 from vitrobust.evaluate import adversarial as adv
 from vitrobust.evaluate.adversarial import CheckWarning, autoattack, eps_sweep, pgd
 from vitrobust.evaluate.core import run_suite
-from vitrobust.report.adversarial_plots import accuracy_vs_eps, adversarial_grid
+from vitrobust.figures.adversarial import accuracy_vs_eps, adversarial_grid
 
 TESTS = Path(__file__).parent
 EPS = 0.05
@@ -61,6 +61,7 @@ def test_pgd_benchmark(model, tmp_path):
     assert pgd(model, stronger)["robust_top1"] <= res["robust_top1"]
 
 
+@pytest.mark.slow
 def test_autoattack_benchmark_follows_the_design_and_resumes(model, tmp_path):
     ctx = attack_context(f"evaluate.attack.eps={EPS}", *CUSTOM, out_dir=tmp_path, n=64, batch_size=32)
     res = autoattack(model, ctx)
@@ -135,8 +136,8 @@ def test_bad_input_is_refused(model):
     half_training.net[1].train()
     with pytest.raises(InputError, match=r"submodules net\.1.*train mode"):
         autoattack(half_training, attack_context(n=8))
-    with pytest.raises(InputError, match="outside the"):
-        pgd(model, attack_context("evaluate.attack.eps=2", n=8))
+    with pytest.raises(ConfigError, match="evaluate.attack.eps: Linf eps=2.0 > 1 is outside the"):
+        attack_context("evaluate.attack.eps=2", n=8)  # the config refuses it before anything is attacked
     with pytest.raises(InputError, match="L2 eps=50.0 exceeds 32"):
         autoattack(model, attack_context("evaluate.attack.norm=L2", "evaluate.attack.eps=50", n=8))
     with pytest.raises(InputError, match="eps must be >= 0"):
@@ -163,6 +164,7 @@ def test_plots_overlay_runs_and_draw_examples(tmp_path):
     assert grid.read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_results_of_one(model, tmp_path):
     """A real 2-process torchrun (gloo): per-sample AutoAttack results and PGD numbers as in one process."""
     weights = tmp_path / "mlp.pt"

@@ -15,17 +15,25 @@ from helpers_adversarial import test_images as first_test_images
 from pyautoattack import AutoAttack
 from torch import nn
 
-import vitrobust.attacks.autoattack as aa_mod
 from vitrobust.attacks import pgd_attack
 from vitrobust.attacks.autoattack import AutoAttackSpec, run_autoattack
 from vitrobust.attacks.straight_through import attack_gradients, resolve_gradient, straight_through
 from vitrobust.errors import InputError
+from vitrobust.registry import ATTACK_ENGINES
 
 EPS = 0.05
 CUSTOM = ["apgd-ce", "apgd-t"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def authors_engine():
+    """Swap the `authors` engine for a stand-in (`swap(fn)`); the real one is put back afterwards."""
+    real = ATTACK_ENGINES.get("authors")
+    yield real, lambda fn: ATTACK_ENGINES.add("authors", fn, replace=True)
+    ATTACK_ENGINES.add("authors", real, replace=True)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +97,7 @@ def test_custom_version_equals_the_authors_code(model, images, custom_run):
     assert result.gradient == "exact" and result.messages == []
 
 
+@pytest.mark.slow
 def test_standard_version_equals_the_authors_code_attack_by_attack(model, images):
     x, y = images[0][:16], images[1][:16]
     result = run_autoattack(model, x, y, eps=EPS, version="standard", batch_size=16)
@@ -136,11 +145,11 @@ def test_adversarial_examples_stay_in_the_ball_and_in_the_image_range(model, ima
     assert res_l2.robust_top1 < res_l2.clean_top1
 
 
-def test_a_killed_run_resumes_with_the_remaining_chunks_only(model, images, tmp_path, monkeypatch):
+def test_a_killed_run_resumes_with_the_remaining_chunks_only(model, images, tmp_path, authors_engine):
     x, y = images
     kw = dict(eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=16)
     uninterrupted = run_autoattack(model, x, y, **kw)
-    real = aa_mod.attack_chunk
+    real, swap = authors_engine
     done = []
 
     def killed_after_first_chunk(*args, **kwargs):
@@ -149,7 +158,7 @@ def test_a_killed_run_resumes_with_the_remaining_chunks_only(model, images, tmp_
         done.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(aa_mod, "attack_chunk", killed_after_first_chunk)
+    swap(killed_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_autoattack(model, x, y, progress=tmp_path, **kw)
     (progress,) = tmp_path.glob("*.json")
@@ -163,7 +172,7 @@ def test_a_killed_run_resumes_with_the_remaining_chunks_only(model, images, tmp_
         sizes.append(len(xc))
         return real(model_, xc, *args, **kwargs)
 
-    monkeypatch.setattr(aa_mod, "attack_chunk", counted)
+    swap(counted)
     resumed = run_autoattack(model, x, y, progress=tmp_path, **kw)
     assert resumed.resumed == [0] and resumed.attacked == [1, 2, 3] and sizes == [16, 16, 16]
     assert resumed.samples == uninterrupted.samples
@@ -188,6 +197,7 @@ def test_progress_of_another_model_or_other_images_is_refused(model, images, tmp
         run_autoattack(model, x, (y + 1) % 10, **kw)
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_per_sample_results_of_one(model, images, tmp_path):
     x, y = images
     kw = dict(eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=16)

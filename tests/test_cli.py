@@ -55,6 +55,7 @@ def run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_train_writes_a_run_directory(run):
     for name in ("config.yaml", "model.safetensors", "trainer_state.pt", "metrics.jsonl"):
         assert (run / name).is_file(), name
@@ -81,6 +82,7 @@ def test_load_model_reproduces_results_json(run):
     assert top1 == pytest.approx(json.loads((run / "results.json").read_text())["clean"]["top1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_report_writes_html_and_markdown(run):
     proc = vitrobust_run("report", run, cwd=run.parent)
     assert proc.returncode == 0, explain(proc)
@@ -95,6 +97,7 @@ def test_report_writes_html_and_markdown(run):
     assert "| run |" in md and f"| {100 * top1:.2f} |" in md
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path):
     out = tmp_path / "qs"
     overrides = [*TINY_1, *filter(in_schema, TINY_ATTACK), *TINY_CORRUPTIONS]
@@ -146,6 +149,7 @@ def assert_user_error(proc, *needles: str) -> None:
     ("data.root=/nonexistent", ["/nonexistent", "Fashion-MNIST"]),
     ("model.name=vit_tinny", ["vit_tinny"]),
 ], ids=["config-typo", "missing-dataset", "unknown-model"])
+@pytest.mark.slow
 def test_train_user_errors(tmp_path, override, needles):
     proc = vitrobust_run("train", "quickstart/baseline", *set_args([*TINY_1, override]), "--out", tmp_path / "run",
                          "--no-progress", cwd=tmp_path)
@@ -153,6 +157,7 @@ def test_train_user_errors(tmp_path, override, needles):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_corrupt_weights_is_a_user_error(run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
@@ -163,6 +168,7 @@ def test_evaluate_corrupt_weights_is_a_user_error(run, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 def test_train_into_existing_run_without_resume_is_a_user_error(run):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     proc = vitrobust_run("train", "quickstart/baseline", *set_args([*TINY_1, "optim.lr=1e-4"]), "--out", run,

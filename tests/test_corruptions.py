@@ -17,7 +17,7 @@ from torch import nn
 from vitrobust.checkpoint import save_weights
 from vitrobust.config import load_config
 from vitrobust.data import ImageSet
-from vitrobust.data.base import DatasetError
+from vitrobust.errors import DatasetError
 from vitrobust.data.corruption_files import load_imagenet_c
 from vitrobust.data.corruptions import (
     GROUPS,
@@ -40,7 +40,7 @@ from vitrobust.evaluate.corruptions import (
     score,
 )
 from vitrobust.models import build_model
-from vitrobust.report.corruption_plots import accuracy_vs_severity, mean_by_severity
+from vitrobust.figures.corruptions import accuracy_vs_severity, mean_by_severity
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WNIDS = ["n01440764", "n01443537", "n01484850"]

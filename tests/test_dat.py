@@ -17,8 +17,9 @@ from torch import nn
 from vitrobust.config import ConfigError, load_config
 from vitrobust.data import Batch
 from vitrobust.errors import InputError
-from vitrobust.models import vqgan
-from vitrobust.objectives import TrainState, build_objective
+from vitrobust.models import tokenizer_io, vqgan
+from vitrobust.objectives import dat as dat_module
+from vitrobust.objectives import ObjectiveContext, TrainState, build_objective
 from vitrobust.objectives.dat import DAT, DATParams
 from vitrobust.train import Trainer
 
@@ -150,12 +151,12 @@ def test_missing_tokenizer_is_a_config_error(tmp_path):
 def test_tokenizer_must_fit_the_training_images():
     rgb = SimpleNamespace(name="rgb", in_chans=3, img_size=32)
     with pytest.raises(ConfigError, match="1 input channels but the rgb images have 3"):
-        build_objective({"name": "dat"}, tokenizer=GridTokenizer(), dataset=rgb)
+        build_objective({"name": "dat"}, ObjectiveContext(dataset=rgb), tokenizer=GridTokenizer())
     grey30 = SimpleNamespace(name="grey", in_chans=1, img_size=30)
     with pytest.raises(ConfigError, match="downsamples 4x but the images are 30 px"):
-        build_objective({"name": "dat"}, tokenizer=GridTokenizer(downsample=4), dataset=grey30)
+        build_objective({"name": "dat"}, ObjectiveContext(dataset=grey30), tokenizer=GridTokenizer(downsample=4))
     cfg = load_config(None, ["data.img_size=32"])  # the loader resizes to 32: fits
-    build_objective({"name": "dat"}, tokenizer=GridTokenizer(downsample=4), dataset=grey30, cfg=cfg)
+    build_objective({"name": "dat"}, ObjectiveContext(cfg=cfg, dataset=grey30), tokenizer=GridTokenizer(downsample=4))
 
 
 def test_a_tokenizer_that_changes_the_shape_is_an_input_error():
@@ -360,18 +361,18 @@ TINY_RUN = ["device=cpu", "data.batch_size=32", "train.epochs=2", "train.log_eve
 def tiny_tokenizer(path: Path) -> Path:
     torch.manual_seed(0)
     tok = vqgan.build_tokenizer("vq_f4_32px", ch=8, z_channels=4, embed_dim=4, n_embed=16)
-    return vqgan.save_tokenizer(tok, path)
+    return tokenizer_io.save_tokenizer(tok, path)
 
 
 def test_training_loads_the_tokenizer_once_and_logs_the_dat_metrics(tiny_idx_root, tmp_path, monkeypatch):
     calls = []
-    real = vqgan.load_tokenizer
+    real = tokenizer_io.load_tokenizer
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vqgan, "load_tokenizer", counting)
+    monkeypatch.setattr(dat_module, "load_tokenizer", counting)
     tok = tiny_tokenizer(tmp_path / "tok.safetensors")
     cfg = load_config("quickstart/baseline", [*TINY_RUN, f"data.root={tiny_idx_root}", f"objective.tokenizer={tok}"])
     with torch_flags_restored():
@@ -386,6 +387,7 @@ def test_training_loads_the_tokenizer_once_and_logs_the_dat_metrics(tiny_idx_roo
         assert r["random_start"] == 1.0 and 0 <= r["adv_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_vitrobust_train_with_dat_end_to_end(tiny_idx_root, tmp_path):
     tok = tiny_tokenizer(tmp_path / "tok.safetensors")
     run = tmp_path / "dat"

@@ -20,7 +20,8 @@ from vitrobust.evaluate import evaluate
 from vitrobust.models import build_model, model_spec
 from vitrobust.models.drvit import BCE_HEAD_BIAS, CODEBOOK_DELTA_LR_SCALE, DRVIT_MODELS, param_groups
 from vitrobust.models.io import load_model
-from vitrobust.models.vqgan import build_tokenizer, save_tokenizer
+from vitrobust.models.tokenizer_io import save_tokenizer
+from vitrobust.models.vqgan import build_tokenizer
 from vitrobust.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -236,10 +237,11 @@ def test_saved_model_rebuilds_from_its_weights_file_without_the_tokenizer_file(t
     tok_file = save_tokenizer(tok, tmp_path / "tok.safetensors")
     cfg = Config(model={"name": "drvit_pico_patch8_32", "kwargs": {**TINY_VIT, "tokenizer": str(tok_file)}})
     data = SimpleNamespace(num_classes=10, in_chans=1, img_size=32, mean=[0.3], std=[0.4])
-    spec = model_spec(cfg, data)
-    assert spec["kwargs"]["tokenizer_arch"] == tok.arch
+    assert "tokenizer_arch" not in model_spec(cfg, data)["kwargs"]  # the built network adds it (spec_kwargs hook)
     torch.manual_seed(3)
-    model = build_model(spec).eval()
+    model = build_model(model_spec(cfg, data)).eval()
+    spec = model.spec
+    assert spec["kwargs"]["tokenizer_arch"] == tok.arch
     save_weights(model, tmp_path / "model.safetensors", spec)
     tok_file.unlink()
     with pytest.warns(UserWarning, match="not found; building its recorded layout"):

@@ -22,7 +22,7 @@ from vitrobust.explain import explain
 from vitrobust.models import build_model
 from vitrobust.objectives import TrainState, build_objective
 from vitrobust.objectives.relevance import segmentation_losses, self_distillation
-from vitrobust.train.trainer import build_scheduler
+from vitrobust.train.loop import build_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,9 +123,9 @@ def test_validation_metric_is_the_image_weighted_mean_loss_without_gradients():
     model, obj = vit().eval(), objective()
     batches = [batch(4, seed=1), batch(2, seed=2)]
     per_batch = [obj.terms(model, b, differentiable=False)["loss"].item() for b in batches]
-    name, value, higher_is_better = obj.validation_metric(model, batches)
-    assert name == "val_relevance_loss" and higher_is_better is False
-    assert value == pytest.approx((4 * per_batch[0] + 2 * per_batch[1]) / 6, rel=1e-6)
+    metric = obj.validation_metric(model, batches)
+    assert metric.name == "val_relevance_loss" and metric.higher_is_better is False
+    assert metric.value == pytest.approx((4 * per_batch[0] + 2 * per_batch[1]) / 6, rel=1e-6)
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(InputError, match="empty"):
         obj.validation_metric(model, [])

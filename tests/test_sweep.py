@@ -9,7 +9,7 @@ import yaml
 from helpers_train import TINY
 
 from vitrobust.config import ConfigError
-from vitrobust.evaluate.core import read_results
+from vitrobust.results import read_results
 from vitrobust.sweep import SweepSpec, expand, load_sweep, plan, run_name, sweep
 
 
@@ -83,6 +83,7 @@ def test_tiny_sweep_end_to_end(tmp_path, one_thread):
     assert (out / "wide" / "results.json").stat().st_mtime == mtime
 
 
+@pytest.mark.slow
 def test_sweep_launches_each_run_with_torchrun(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({

@@ -15,11 +15,12 @@ from vitrobust.checkpoint import CheckpointError, load_state
 from vitrobust.cli import main
 from vitrobust.config import ConfigError, load_config
 from vitrobust.data import load_split
-from vitrobust.models.vqgan import build_tokenizer, load_tokenizer, save_tokenizer
+from vitrobust.models.tokenizer_io import load_tokenizer, save_tokenizer
+from vitrobust.models.vqgan import build_tokenizer
 from vitrobust.tokenizer import TokenizerTrainer, code_usage, evaluate_tokenizer, psnr, train_tokenizer
 from vitrobust.tokenizer.model import TrainingTokenizer
 from vitrobust.train import TrainingDiverged
-from vitrobust.train.metrics import read_metrics
+from vitrobust.results import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

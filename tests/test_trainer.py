@@ -27,8 +27,9 @@ from vitrobust.evaluate import evaluate_path
 from vitrobust.models.io import load_model
 from vitrobust.objectives.standard import Standard
 from vitrobust.train import Trainer, TrainingDiverged
-from vitrobust.train.metrics import read_metrics
-from vitrobust.train.trainer import STATE_FILE, build_scheduler
+from vitrobust.results import read_metrics
+from vitrobust.train.loop import build_scheduler
+from vitrobust.train.trainer import STATE_FILE
 
 EPOCHS = 2
 TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
@@ -223,6 +224,7 @@ def test_config_yaml_round_trips(reference):
 # --- (6) it learns --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_learns_fashion_mnist(tmp_path):
     run = tmp_path / "run"
     cfg = tiny_config("data.train_subset=1024", "data.test_subset=500", "train.eval_subset=500",
@@ -241,6 +243,7 @@ def test_training_learns_fashion_mnist(tmp_path):
 # --- (7) bf16, EMA, mixup/cutmix, label smoothing ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_ema_mixup_cutmix_label_smoothing(tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = tiny_config("train.precision=bf16", "train.ema_decay=0.9", "augment.mixup=0.8", "augment.cutmix=1.0",

@@ -16,14 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from vitrobust.errors import UserError
+from vitrobust.errors import CheckpointError
 
 FORMAT = "vitrobust-weights-v1"
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is missing, corrupt, foreign or unsafe."""
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -1,4 +1,9 @@
-"""The `vitrobust` command line. Sub-commands and flags follow DESIGN.md's contract."""
+"""The `vitrobust` command line: one sub-command per job, the same flags for the same things.
+
+Every command reads configs through `--set KEY=VALUE` overrides, writes under `--out`, and prints on
+rank 0 only (under torchrun every rank runs the command). The commands themselves live in the rooms
+below (docs/architecture.md); each is imported when its sub-command runs, so `vitrobust --help` is quick.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,32 @@ from vitrobust.errors import UserError
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
+def say(*lines: str) -> None:
+    """Print on rank 0 only."""
+    if current().main:
+        print(*lines, sep="\n", flush=True)
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+
+
+def add_training(p: argparse.ArgumentParser, what: str = "run") -> None:
+    """CONFIG, --set, --out, --resume and --no-progress: the flags of every command that trains."""
+    p.add_argument("config", help="YAML path or shipped config name (see `vitrobust configs`)")
+    add_set(p)
+    p.add_argument("--out", help=f"{what} directory (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help=f"continue from the {what} directory's last checkpoint")
+    add_no_progress(p)
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (a line per epoch instead)")
+
+
+def add_run_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="run directory or .safetensors file")
 
 
 def cmd_train(args) -> int:
@@ -24,17 +52,15 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    if current().main:
-        print(f"run directory: {run_dir}")
+    say(f"run directory: {run_dir}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from vitrobust.evaluate import evaluate_path
 
-    results, path = evaluate_path(args.path, args.suite, args.overrides, args.out, progress=print)
-    if current().main:
-        print(f"results: {path}")
+    results, path = evaluate_path(args.path, args.suite, args.overrides, args.out, progress=say)
+    say(f"results: {path}")
     return 0
 
 
@@ -42,7 +68,7 @@ def cmd_explain(args) -> int:
     from vitrobust.explain import explain_run
 
     out = explain_run(args.path, args.n, args.out, args.overrides, method=args.method, target=args.target)
-    print("\n".join(f"figure: {f}" for f in out["figures"]) + f"\nmaps: {out['maps']}")
+    say(*(f"figure: {f}" for f in out["figures"]), f"maps: {out['maps']}")
     return 0
 
 
@@ -51,8 +77,8 @@ def cmd_report(args) -> int:
 
     out = build_report(args.runs, args.out, title=args.title, sort=args.sort)
     files = report_files(out)
-    print(f"report: {out}\n  markdown: {files['markdown']}\n  leaderboard: {files['latex']} (LaTeX), "
-          f"{files['csv']} (CSV)")
+    say(f"report: {out}", f"  markdown: {files['markdown']}",
+        f"  leaderboard: {files['latex']} (LaTeX), {files['csv']} (CSV)")
     return 0
 
 
@@ -62,7 +88,7 @@ def cmd_tokenizer(args) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out or Path("runs") / cfg.name)
     train_tokenizer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    print(f"run directory: {run_dir}")
+    say(f"run directory: {run_dir}")
     return 0
 
 
@@ -83,7 +109,7 @@ def cmd_sweep(args) -> int:
 def cmd_configs(args) -> int:
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
         name = path.relative_to(CONFIG_DIR).with_suffix("")
-        print(f"{name}   (grid for `vitrobust sweep {name.name}`)" if name.parts[0] == "sweeps" else name)
+        say(f"{name}   (grid for `vitrobust sweep {name.name}`)" if name.parts[0] == "sweeps" else str(name))
     return 0
 
 
@@ -92,28 +118,24 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config (any objective)")
-    t.add_argument("config", help="YAML path or shipped config name (see `vitrobust configs`)")
-    _add_set(t)
-    t.add_argument("--out", help="run directory (default runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="run benchmarks on a run directory or weights file")
-    e.add_argument("path", help="run directory or .safetensors file")
+    add_run_path(e)
     e.add_argument("--suite", default="clean", help="suite or comma-separated benchmarks (default: clean)")
-    _add_set(e)
+    add_set(e)
     e.add_argument("--out", help="results file (default: results.json beside the weights)")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("explain", help="relevance maps of the first test images, as overlay PNGs and a .pt file")
-    x.add_argument("path", help="run directory or .safetensors file")
+    add_run_path(x)
     x.add_argument("--n", type=int, default=8, help="number of test images (default 8)")
     x.add_argument("--out", help="output folder (default RUN_DIR/explain)")
     x.add_argument("--method", choices=["chefer", "rollout"], help="default: the run's evaluate.relevance.method")
     x.add_argument("--target", choices=["label", "prediction"], help="class to explain (default: the run's "
                                                                     "evaluate.relevance.target)")
-    _add_set(x)
+    add_set(x)
     x.set_defaults(func=cmd_explain)
 
     r = sub.add_parser("report", help="HTML/Markdown report and LaTeX/CSV leaderboard from results.json files")
@@ -127,26 +149,22 @@ def parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="train and evaluate the quickstart models on Fashion-MNIST")
     q.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    _add_set(q)
-    q.add_argument("--no-progress", action="store_true")
+    add_set(q)
+    add_no_progress(q)
     q.set_defaults(func=cmd_quickstart)
 
     w = sub.add_parser("sweep", help="train and evaluate a grid of configs, then compare them in one report")
     w.add_argument("grid", help="grid YAML path or shipped grid (light_recipe_ablation, scale_up)")
     w.add_argument("--out", help="sweep folder (default runs/<grid name>)")
-    _add_set(w)
+    add_set(w)
     w.add_argument("--dry-run", action="store_true", help="list the runs and their overrides, train nothing")
-    w.add_argument("--no-progress", action="store_true")
+    add_no_progress(w)
     w.set_defaults(func=cmd_sweep)
 
     k = sub.add_parser("tokenizer", help="VQ tokenizers (Dr.ViT, DAT)")
     ks = k.add_subparsers(dest="action", required=True)
     kt = ks.add_parser("train", help="train a VQGAN-layout tokenizer on a dataset; reports PSNR and code usage")
-    kt.add_argument("config", help="YAML path or shipped config name (e.g. quickstart/tokenizer)")
-    _add_set(kt)
-    kt.add_argument("--out", help="run directory (default runs/<name>)")
-    kt.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    kt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training(kt, "tokenizer run")
     kt.set_defaults(func=cmd_tokenizer)
 
     c = sub.add_parser("configs", help="list the shipped configs")
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # every rank: the rank that failed says why
         return 2
 
 

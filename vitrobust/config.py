@@ -2,7 +2,8 @@
 
 A config file may name a `base` config (a path, or a shipped name such as
 `quickstart/baseline`) that it extends; `--set a.b=c` overrides are applied last.
-Unknown keys are errors that name the closest valid key.
+Unknown keys are errors that name the closest valid key. The `objective:` section is checked against
+the `Params` model of the objective it names (OBJECTIVES, filled by vitrobust.objectives).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vitrobust.errors import UserError
+from vitrobust.errors import ConfigError, suggest
+from vitrobust.registry import ATTACK_ENGINES, OBJECTIVES
+from vitrobust.shift_sets import ROOT_KEYS
+from vitrobust.threat import ThreatModel
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-class ConfigError(UserError, ValueError):
-    """A config that cannot be used, with a message that says how to fix it."""
 
 
 class Section(BaseModel):
@@ -127,11 +127,9 @@ class TrainConfig(Section):
     keep_best: bool = Field(False, description="also keep best.safetensors by validation metric")
 
 
-class AttackConfig(Section):
-    """Threat model and budget of the adversarial benchmarks (pgd, autoattack, eps_sweep)."""
+class AttackConfig(Section, ThreatModel):
+    """Threat model (norm, eps, gradient) and budget of the adversarial benchmarks (pgd, autoattack, eps_sweep)."""
 
-    norm: Literal["Linf", "L2"] = "Linf"
-    eps: float = Field(8 / 255, ge=0)
     steps: int = Field(10, ge=1, description="pgd benchmark: iterations")
     step_size: float | None = Field(None, description="pgd benchmark: default 2.5*eps/steps")
     restarts: int = Field(1, ge=1)
@@ -139,8 +137,9 @@ class AttackConfig(Section):
     attacks: list[str] | None = Field(None, description="AutoAttack version=custom: e.g. [apgd-ce, apgd-t]")
     eps_list: list[float] | None = Field(None, description="eps_sweep: eps values (default: 0..2*eps)")
     subset: int | None = Field(1000, ge=1, description="first n test samples for adversarial benchmarks")
-    gradient: Literal["auto", "exact", "straight-through"] = "auto"
     seed: int = 0
+    engine: str = Field("authors", description="AutoAttack implementation (evaluate.attack.engine); authors: "
+                        "the authors' code (pyautoattack)")
     batch_size: int | None = Field(None, ge=1, description="images per attack batch and per resumable AutoAttack "
                                    "chunk (default: data.eval_batch_size)")
     sweep_attack: Literal["pgd", "autoattack"] = Field("pgd", description="eps_sweep: the attack run at each eps")
@@ -149,6 +148,13 @@ class AttackConfig(Section):
                                 "attack left robust, when no Square ran (0: skip)")
     grid: int = Field(8, ge=0, description="adversarial examples drawn in the figure (0: none)")
     verbose: bool = Field(False, description="show the AutoAttack authors' progress lines")
+
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        ATTACK_ENGINES.get(engine)
+        return engine
 
 
 class CorruptionConfig(Section):
@@ -184,11 +190,9 @@ class ShiftConfig(Section):
     @field_validator("roots")
     @classmethod
     def _known_roots(cls, roots: dict[str, str | None]) -> dict[str, str | None]:
-        known = ["imagenet", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "stylized_imagenet",
-                 "objectnet", "si_score"]
         for key in roots:
-            if key not in known:
-                raise ValueError(f"unknown dataset {key!r}; {suggest(key, known)}known: {', '.join(known)}")
+            if key not in ROOT_KEYS:
+                raise ValueError(f"unknown dataset {key!r}; {suggest(key, ROOT_KEYS)}known: {', '.join(ROOT_KEYS)}")
         return roots
 
 
@@ -270,8 +274,6 @@ class Config(Section):
     @field_validator("objective")
     @classmethod
     def _check_objective(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from vitrobust.objectives import objective_params
-
         params = objective_params(value)  # raises ConfigError on a bad name or key
         return {"name": value.get("name", "standard"), **params.model_dump()}
 
@@ -394,6 +396,32 @@ def load_config(name: str | Path | None = None, overrides: list[str] | None = No
     return build_config(apply_overrides(raw, overrides))
 
 
-def suggest(name: str, choices: list[str], n: int = 1) -> str:
-    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
-    return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+def config_for_run(saved_yaml: str, overrides: list[str] | None = None, suite: str | None = None) -> Config:
+    """The config a run was trained with (its saved YAML text, e.g. from a weights file's metadata), then
+    the shipped evaluation preset of each benchmark of `suite` that has one (configs/eval/<name>.yaml:
+    ImageNet's eps, subsets, dataset folders), then the overrides."""
+    raw = yaml.safe_load(saved_yaml or "") or {}
+    for name in (suite or "").split(","):
+        if name.strip() and (CONFIG_DIR / "eval" / f"{name.strip()}.yaml").is_file():
+            raw = deep_merge(raw, read_config_dict(f"eval/{name.strip()}"))
+    return build_config(apply_overrides(raw, overrides))
+
+
+def objective_params(section: dict[str, Any]):
+    """The validated `Params` of the objective `section` names (ConfigError naming the bad key)."""
+    section = dict(section)
+    name = section.pop("name", "standard")
+    params_cls = OBJECTIVES.get(name, key="objective.name").Params
+    try:
+        return params_cls.model_validate(section)
+    except ValidationError as err:
+        msgs = []
+        valid = list(params_cls.model_fields)
+        for item in err.errors():
+            key = ".".join(map(str, item["loc"]))
+            if item["type"] == "extra_forbidden":
+                msgs.append(f"objective.{key}: unknown key for objective {name!r}; {suggest(key, valid)}"
+                            f"valid: {', '.join(valid)}")
+            else:
+                msgs.append(f"objective.{key}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
+        raise ConfigError("; ".join(msgs)) from None

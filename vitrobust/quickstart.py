@@ -14,6 +14,7 @@ from vitrobust.config import load_config
 from vitrobust.evaluate import evaluate_path
 from vitrobust.evaluate.core import missing_benchmarks
 from vitrobust.report import build_report, summary_rows, text_table
+from vitrobust.tokenizer import train_tokenizer
 from vitrobust.train import train
 
 
@@ -56,8 +57,6 @@ def eval_overrides(out: Path, stage: Stage) -> list[str]:
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None, progress: bool = True) -> Path:
-    from vitrobust.tokenizer import train_tokenizer
-
     out = Path(out)
     t_start = time.perf_counter()
     runs = []

@@ -30,8 +30,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vitrobust.checkpoint import atomic_write_text
-from vitrobust.config import ConfigError, load_config
-from vitrobust.errors import UserError
+from vitrobust.config import load_config
+from vitrobust.errors import ConfigError, UserError
+from vitrobust.evaluate import evaluate_path
+from vitrobust.evaluate.core import is_evaluated
+from vitrobust.figures.cost import robustness_vs_cost
+from vitrobust.report import build_report
+from vitrobust.results import read_results
+from vitrobust.train import train
 
 
 class SweepSpec(BaseModel):
@@ -135,14 +141,20 @@ def _set_args(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
+def cost_points(run_dirs: list[Path]) -> list[dict]:
+    """Per run: name, params, flops, clean and robust top-1 (AutoAttack if present, else PGD)."""
+    points = []
+    for run in run_dirs:
+        res = read_results(Path(run) / "results.json")
+        meta = res.get("meta", {})
+        robust = res.get("autoattack", res.get("pgd", {})).get("robust_top1")
+        points.append({"name": Path(run).name, "params": meta.get("params"), "flops": meta.get("flops"),
+                       "clean": res.get("clean", {}).get("top1"), "robust": robust})
+    return points
+
+
 def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
           progress: bool = True, dry_run: bool = False) -> Path:
-    from vitrobust.evaluate import evaluate_path
-    from vitrobust.evaluate.core import is_evaluated
-    from vitrobust.report import build_report
-    from vitrobust.report.sweep_plots import robustness_vs_cost
-    from vitrobust.train import train
-
     spec, base = load_sweep(grid)
     out = Path(out or Path("runs") / spec.name)
     runs = plan(spec, base, out, overrides)
@@ -164,7 +176,7 @@ def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] 
             evaluate_path(run_dir, spec.suite, progress=lambda line: print(f"   {line}", flush=True))
 
     dirs = [run_dir for run_dir, _ in runs]
-    extra = [robustness_vs_cost(dirs, out / "figures" / "robustness_vs_cost.png")]
+    extra = [robustness_vs_cost(cost_points(dirs), out / "figures" / "robustness_vs_cost.png")]
     report = build_report(dirs, out / "report.html", title=f"vitrobust sweep: {spec.name}",
                           extra_figures=[("Accuracy vs parameters and FLOPs", p) for p in extra if p])
     summary = {"name": spec.name, "config": str(base), "suite": spec.suite,

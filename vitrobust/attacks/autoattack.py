@@ -24,11 +24,11 @@ what an evaluation pipeline needs around it:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import logging
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from vitrobust.attacks.straight_through import resolve_gradient, straight_throug
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.distributed import all_gather_objects, barrier
 from vitrobust.errors import InputError
+from vitrobust.registry import ATTACK_ENGINES
+from vitrobust.threat import eps_problem
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 VERSIONS = {
@@ -60,9 +62,9 @@ ChunkCallback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]],
 def check_eps(eps: float, norm: str, x: torch.Tensor | None = None) -> None:
     """eps >= 0, Linf eps <= 1; with images x: x in [0,1] and L2 eps <= the diameter of the [0,1] cube."""
     check_attack_args(x if x is not None else torch.zeros(1), eps, norm)
-    if x is not None and norm == "L2" and eps > math.sqrt(x[0].numel()):
-        raise InputError(f"L2 eps={eps} exceeds {math.sqrt(x[0].numel()):.4g}, the largest distance between two "
-                         f"[0,1] images of this size: give eps in [0,1] pixel units (e.g. 0.5 for CIFAR-10)")
+    problem = eps_problem(eps, norm, x[0].numel()) if x is not None else None
+    if problem:
+        raise InputError(problem)
 
 
 def model_in_eval_mode(model: torch.nn.Module) -> None:
@@ -83,6 +85,7 @@ class AutoAttackSpec:
     attacks: tuple[str, ...] | None = None
     seed: int = 0
     batch_size: int = 250
+    engine: str = "authors"  # the implementation (ATTACK_ENGINES) that attacks each chunk
 
     def __post_init__(self):
         if self.version not in (*VERSIONS, "custom"):
@@ -101,14 +104,16 @@ class AutoAttackSpec:
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {self.batch_size}")
         check_eps(self.eps, self.norm)
+        ATTACK_ENGINES.get(self.engine)
 
     @property
     def attack_list(self) -> list[str]:
         return list(self.attacks) if self.version == "custom" else list(VERSIONS[self.version])
 
     def key(self) -> dict:
-        return {"norm": self.norm, "eps": self.eps, "version": self.version, "attacks": self.attack_list,
-                "seed": self.seed, "batch_size": self.batch_size}
+        key = {"norm": self.norm, "eps": self.eps, "version": self.version, "attacks": self.attack_list,
+               "seed": self.seed, "batch_size": self.batch_size}
+        return key if self.engine == "authors" else {**key, "engine": self.engine}
 
 
 @dataclass
@@ -234,9 +239,13 @@ def _delta_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
 
 
+@functools.partial(ATTACK_ENGINES.add, "authors")
 def attack_chunk(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AutoAttackSpec, *,
                  gradient: str = "exact", verbose: bool = False) -> tuple[list[dict], torch.Tensor, list[str]]:
-    """Run the authors' AutoAttack on one chunk: per-sample records, adversarial images, messages."""
+    """Run the authors' AutoAttack on one chunk: per-sample records, adversarial images, messages.
+
+    This is the `authors` engine (ATTACK_ENGINES): every engine takes these arguments and returns these
+    three things; chunking, resuming and sharding around it are the same for all engines."""
     if len(x) > spec.batch_size:
         raise InputError(f"a chunk has {len(x)} images, more than batch_size={spec.batch_size}")
     device = x.device
@@ -385,6 +394,7 @@ def autoattack_chunks(
     """
     model_in_eval_mode(model)
     mode = resolve_gradient(model, gradient)
+    engine = ATTACK_ENGINES.get(spec.engine)
     key = {**spec.key(), "gradient": mode, "model": model_digest(model)}
     store = ProgressStore(progress, key, rank, world)
     samples = store.load()
@@ -404,7 +414,7 @@ def autoattack_chunks(
             resumed.append(chunk)
             continue
         check_eps(spec.eps, spec.norm, x)
-        records, x_adv, log = attack_chunk(model, x, y, spec, gradient=mode, verbose=verbose)
+        records, x_adv, log = engine(model, x, y, spec, gradient=mode, verbose=verbose)
         samples.update(zip(index.tolist(), records))
         messages += [m for m in log if m not in messages]
         attacked.append(chunk)

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vitrobust.errors import InputError
-
-NORMS = ("Linf", "L2")
+from vitrobust.threat import eps_problem
 
 
 def _flat_norm(v: torch.Tensor) -> torch.Tensor:
@@ -39,12 +38,10 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def check_attack_args(x: torch.Tensor, eps: float, norm: str) -> None:
-    if norm not in NORMS:
-        raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-    if not eps >= 0:
-        raise InputError(f"eps must be >= 0, got {eps}")
-    if norm == "Linf" and eps > 1:
-        raise InputError(f"Linf eps={eps} > 1 is outside the [0,1] pixel range: give eps as a fraction (8/255 = {8 / 255:.4f})")
+    """eps usable for norm (vitrobust.threat.eps_problem) and x in [0,1]; InputError otherwise."""
+    problem = eps_problem(eps, norm)
+    if problem:
+        raise InputError(problem)
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
         raise InputError(f"attack inputs must be [0,1] pixels (normalisation belongs inside the model), got range [{lo:.3g}, {hi:.3g}]")

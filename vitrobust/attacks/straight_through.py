@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from vitrobust.errors import InputError
-
-GRADIENTS = ("auto", "exact", "straight-through")
+from vitrobust.threat import GRADIENTS
 
 
 def straight_through_modules(model: nn.Module) -> list[nn.Module]:

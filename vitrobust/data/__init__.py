@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
-from vitrobust.config import DataConfig, suggest
-from vitrobust.data.base import DatasetError, ImageSet
+from vitrobust.config import DataConfig
+from vitrobust.data.base import ImageSet
 from vitrobust.data.fashion_mnist import load_fashion_mnist
 from vitrobust.data.folders import load_cifar, load_image_folder
 from vitrobust.data.imagenet import load_imagenet
@@ -16,16 +16,19 @@ from vitrobust.data.loader import Batch, BatchLoader
 from vitrobust.data.masks import attach_masks
 from vitrobust.data.splits import apply_split
 from vitrobust.data.textured import load_fashion_mnist_textured
+from vitrobust.errors import DatasetError
+from vitrobust.registry import Registry
 
-DATASETS: dict[str, Callable[..., ImageSet]] = {
-    "fashion_mnist": load_fashion_mnist,
-    "fashion_mnist_textured": load_fashion_mnist_textured,  # garments on class-correlated textures, with masks
-    "cifar10": partial(load_cifar, "cifar10"),
-    "cifar100": partial(load_cifar, "cifar100"),
-    "imagefolder": load_image_folder,
-    "imagenet": load_imagenet,  # wnid class folders, canonical labels; test split = val
-    "imagenet_5k": partial(load_imagenet, robustbench_5k=True),  # test split = RobustBench's 5,000 val images
-}
+# name -> loader(split, root=..., download=..., img_size=..., in_memory=...) -> ImageSet; a loader also
+# gets `options=` (data.options) when the config sets any.
+DATASETS: Registry[Callable[..., ImageSet]] = Registry("dataset", error=DatasetError)
+DATASETS.add("fashion_mnist", load_fashion_mnist)
+DATASETS.add("fashion_mnist_textured", load_fashion_mnist_textured)  # garments on class-correlated textures
+DATASETS.add("cifar10", partial(load_cifar, "cifar10"))
+DATASETS.add("cifar100", partial(load_cifar, "cifar100"))
+DATASETS.add("imagefolder", load_image_folder)
+DATASETS.add("imagenet", load_imagenet)  # wnid class folders, canonical labels; test split = val
+DATASETS.add("imagenet_5k", partial(load_imagenet, robustbench_5k=True))  # test = RobustBench's 5,000 val images
 
 _CACHE: dict[tuple, ImageSet] = {}
 
@@ -33,7 +36,7 @@ _CACHE: dict[tuple, ImageSet] = {}
 def register_dataset(name: str, loader: Callable[..., ImageSet]) -> None:
     """Add a dataset: `loader(split, root=..., download=..., img_size=..., in_memory=...) -> ImageSet`;
     it also gets `options=` (data.options) when the config sets any."""
-    DATASETS[name] = loader
+    DATASETS.add(name, loader)
 
 
 def load_split(cfg: DataConfig, split: str) -> ImageSet:
@@ -42,14 +45,13 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     With data.masks.source set the split carries those masks; with data.masks.split=reference both
     'train' and 'test' are parts of the masked training split (splits.py).
     """
-    if cfg.name not in DATASETS:
-        raise DatasetError(f"unknown dataset {cfg.name!r}; {suggest(cfg.name, list(DATASETS))}known: {', '.join(DATASETS)}")
+    load = DATASETS.get(cfg.name, key="data.name")
     masks = cfg.masks
     source = "train" if masks.split != "none" else split
     key = (cfg.name, source, cfg.root, cfg.img_size, cfg.in_memory, json.dumps(cfg.options, sort_keys=True, default=str))
     if key not in _CACHE:
         extra = {"options": cfg.options} if cfg.options else {}
-        _CACHE[key] = DATASETS[cfg.name](
+        _CACHE[key] = load(
             source, root=cfg.root, download=cfg.download, img_size=cfg.img_size, in_memory=cfg.in_memory, **extra
         )
     data = _CACHE[key]

@@ -7,14 +7,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from vitrobust.errors import UserError
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class DatasetError(UserError, FileNotFoundError):
-    """A dataset that cannot be found or read, with a message that says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrobust.data.base import DatasetError, ImageSet
+from vitrobust.data.base import ImageSet
 from vitrobust.data.folders import list_image_folder
+from vitrobust.errors import DatasetError
 
 
 def _root(root: str | None, source: str) -> Path:

@@ -33,9 +33,8 @@ import numpy as np
 import torch
 
 from vitrobust.checkpoint import atomic_write_bytes
-from vitrobust.config import suggest
 from vitrobust.data.base import ImageSet
-from vitrobust.errors import InputError
+from vitrobust.errors import InputError, suggest
 
 COMMON = (
     "gaussian_noise",

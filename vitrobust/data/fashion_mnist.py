@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitrobust.data.base import DatasetError, ImageSet
+from vitrobust.data.base import ImageSet
+from vitrobust.errors import DatasetError
 
 SYSTEM_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]

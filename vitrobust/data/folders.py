@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageSet
+from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
+from vitrobust.errors import DatasetError
 
 CIFAR = {
     "cifar10": ("cifar-10-batches-py", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

@@ -5,7 +5,7 @@ PIL in the loader's worker processes, not held in memory. The preprocessing foll
 exactly (the pipeline RobustBench and RobustViT evaluate with), so numbers are comparable with theirs.
 
 Sample order: the classes are interleaved (the first image of every class, then the second, ...), so
-that "the first n samples" (DESIGN.md's evaluation subsets) covers the classes evenly.
+that "the first n samples" (the evaluation subsets of docs/architecture.md) cover the classes evenly.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError, ImageSet
+from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
 from vitrobust.data.folders import IMAGE_EXTENSIONS
+from vitrobust.errors import DatasetError
 
 IMAGENET_CLASSES = 1000
 MAX_IN_MEMORY = 20_000  # images (3 GB at 224 px): beyond that, decoding everything up front is a mistake

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vitrobust.config import AugmentConfig, ConfigError
+from vitrobust.config import AugmentConfig
 from vitrobust.data.augment import BatchAugment, randaugment_transform
 from vitrobust.data.base import ImageSet
+from vitrobust.errors import ConfigError
 
 
 @dataclass
@@ -124,7 +125,7 @@ class BatchLoader:
         batches = -(-n // self.batch_size)
         return len(range(self.rank, batches, self.world))
 
-    def _index_batches(self) -> list[torch.Tensor]:
+    def index_batches(self) -> list[torch.Tensor]:
         n = len(self.data)
         if self.train:
             gen = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
@@ -140,9 +141,9 @@ class BatchLoader:
         return [order[s : s + self.batch_size] for s in starts]
 
     def _raw(self):
-        batches = self._index_batches()
+        batches = self.index_batches()
         """(uint8 images, uint8 masks or None, index) per batch."""
-        batches = self._index_batches()
+        batches = self.index_batches()
         if self.samples is None:
             for idx in batches:
                 yield self.data.images[idx], (self.data.masks[idx] if self.masks else None), idx

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrobust.config import ConfigError, MaskConfig
-from vitrobust.data.base import DatasetError, ImageSet
+from vitrobust.config import MaskConfig
+from vitrobust.data.base import ImageSet
+from vitrobust.errors import ConfigError, DatasetError
 
 IGNORE_ID = 1000  # ImageNet-S: "ignore" pixels (object boundaries, ambiguous regions) count as background
 MASK_SUFFIX = ".png"

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from vitrobust.data.base import DatasetError, ImageSet
+from vitrobust.data.base import ImageSet
 from vitrobust.data.imagenet import (
     IMAGENET_CLASSES,
     Preprocess,
@@ -27,10 +27,11 @@ from vitrobust.data.imagenet import (
     resource,
     split_folder,
 )
+from vitrobust.errors import DatasetError
+from vitrobust.shift_sets import OBJECTNET_MAPPING
 
 OBJECTNET_CLASSES = 313
 OBJECTNET_BORDER = 2  # ObjectNet images carry a 1-px red frame; the protocol crops 2 px
-OBJECTNET_MAPPING = "folder_to_objectnet_label.json"
 # a factor's folder as the dataset page names it, or as the published zip files unpack
 SI_SCORE_FACTORS = {
     "location": ("location", "location20_area02_min0pc", "object_location"),
@@ -38,18 +39,6 @@ SI_SCORE_FACTORS = {
     "size": ("size", "area", "object_size"),
 }
 
-LAYOUTS = {
-    "imagenet": "ImageNet val in wnid class folders: ROOT/val/n01440764/*.JPEG (or ROOT = that val folder)",
-    "imagenet_v2": "ROOT/0 ... ROOT/999, the folder name being the class index (as in "
-    "imagenetv2-matched-frequency-format-val)",
-    "imagenet_a": "ROOT/<wnid>/*.jpg for ImageNet-A's 200 classes (the unpacked imagenet-a folder)",
-    "imagenet_r": "ROOT/<wnid>/*.jpg for ImageNet-R's 200 classes (the unpacked imagenet-r folder)",
-    "imagenet_sketch": "ROOT/sketch/<wnid>/*.JPEG (or ROOT = that sketch folder)",
-    "stylized_imagenet": "ROOT/val/<wnid>/* with 224x224 images (or ROOT = that val folder)",
-    "objectnet": "objectnet-1.0: ROOT/images/<class folder>/*.png and ROOT/mappings/" + OBJECTNET_MAPPING,
-    "si_score": "ROOT/{location,rotation,size}/<class name>/*.jpg (the folders as unzipped, "
-    "location20_area02_min0pc and area, are found too)",
-}
 WNID_NAMES = "ImageNet wnids (n01440764, ...)"
 
 

@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import torch
 
-from vitrobust.config import ConfigError, MaskConfig
+from vitrobust.config import MaskConfig
 from vitrobust.data.base import ImageSet
+from vitrobust.errors import ConfigError
 
 
 def split_classes(names: list[str], train_classes: int, seed: int) -> tuple[list[str], list[str]]:

@@ -29,9 +29,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage
 
-from vitrobust.config import ConfigError
 from vitrobust.data.base import ImageSet
 from vitrobust.data.fashion_mnist import load_fashion_mnist
+from vitrobust.errors import ConfigError
 
 TEXTURES = ("brick", "grass", "gravel", "moon", "coins", "page", "text", "checkerboard", "chelsea", "cell")
 TEXTURE_SCALE = 2  # halve the textures so a 32-px crop holds several bricks, blades or pebbles

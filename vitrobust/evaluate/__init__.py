@@ -6,25 +6,23 @@ import datetime
 from pathlib import Path
 
 import torch
-import yaml
 
-from vitrobust.config import CONFIG_DIR, Config, apply_overrides, build_config, deep_merge, read_config_dict
+from vitrobust.config import Config, config_for_run
 from vitrobust.data import ImageSet, load_split
 from vitrobust.distributed import setup_distributed
-from vitrobust.evaluate import adversarial, background, corruptions, relevance, shifts  # noqa: F401  (registers pgd, autoattack, eps_sweep, background, corruptions, relevance, imagenet_*, shifts)
+from vitrobust.evaluate import adversarial, background, corruptions, relevance, shifts  # noqa: F401  (register their benchmarks)
 from vitrobust.evaluate.core import (
     BENCHMARKS,
     SUITES,
+    Benchmark,
     EvalContext,
     expand_suite,
     predict,
-    read_results,
     register_benchmark,
     run_suite,
-    write_results,
 )
-from vitrobust.models import count_flops, count_params
-from vitrobust.models.io import load_model, weights_file
+from vitrobust.models import count_flops, count_params, load_model, weights_file
+from vitrobust.results import read_results, write_results
 
 
 def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
@@ -44,13 +42,8 @@ def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None
 
 def run_config(model: torch.nn.Module, overrides: list[str] | None = None, suite: str | None = None) -> Config:
     """The config a loaded model was trained with (from its checkpoint metadata), then the shipped
-    evaluation preset of the suite if there is one (configs/eval/<suite>.yaml: ImageNet's eps, subsets,
-    dataset folders), then the overrides."""
-    raw = yaml.safe_load(getattr(model, "run_config", "") or "") or {}
-    for name in (suite or "").split(","):
-        if name.strip() and (CONFIG_DIR / "eval" / f"{name.strip()}.yaml").is_file():
-            raw = deep_merge(raw, read_config_dict(f"eval/{name.strip()}"))
-    return build_config(apply_overrides(raw, overrides))
+    evaluation preset of the suite if there is one, then the overrides (vitrobust.config.config_for_run)."""
+    return config_for_run(getattr(model, "run_config", "") or "", overrides, suite)
 
 
 def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = None, out: str | Path | None = None,
@@ -77,5 +70,5 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     return results, results_path
 
 
-__all__ = ["BENCHMARKS", "SUITES", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "predict",
+__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "predict",
            "read_results", "register_benchmark", "run_config", "write_results"]

@@ -30,7 +30,7 @@ from vitrobust.config import AttackConfig
 from vitrobust.data import BatchLoader, ImageSet
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import EvalContext, register_benchmark
+from vitrobust.evaluate.core import COST_HOURS, EvalContext, register_benchmark
 
 LARGE_EPS_LINF = 0.5  # every image can reach mid-grey: an attack that works gets accuracy ~0
 LARGE_EPS_MAX_TOP1 = 0.05
@@ -206,7 +206,7 @@ def pgd_outcomes(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, eps: 
 def _draw_examples(ctx: EvalContext, shown, name: str, title: str) -> list[str]:
     if not shown or ctx.out_dir is None or not ctx.dist.main:
         return []
-    from vitrobust.report.adversarial_plots import adversarial_grid
+    from vitrobust.figures.adversarial import adversarial_grid
 
     x, x_adv, y, pred_clean, pred_adv = shown
     path = adversarial_grid(x, x_adv, y, pred_clean, pred_adv, ctx.out_dir / f"{name}_examples.png",
@@ -214,7 +214,7 @@ def _draw_examples(ctx: EvalContext, shown, name: str, title: str) -> list[str]:
     return [path.name]
 
 
-@register_benchmark("pgd", suites=("adversarial",))
+@register_benchmark("pgd", suites=("adversarial",), cost=COST_HOURS)
 def pgd(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)
@@ -244,7 +244,7 @@ def run_autoattack_benchmark(model: torch.nn.Module, ctx: EvalContext, data: Ima
     a = ctx.cfg.evaluate.attack
     batch_size = attack_batch_size(ctx)
     spec = AutoAttackSpec(norm=a.norm, eps=eps, version=a.version, attacks=tuple(a.attacks) if a.attacks else None,
-                          seed=a.seed, batch_size=batch_size)
+                          seed=a.seed, batch_size=batch_size, engine=a.engine)
     shown: list = []
 
     def keep_examples(index, x, x_adv, records):
@@ -266,7 +266,7 @@ def _square_ran(spec: AutoAttackSpec) -> bool:
     return "square" in spec.attack_list
 
 
-@register_benchmark("autoattack", suites=("adversarial", "quick"))
+@register_benchmark("autoattack", suites=("adversarial", "quick", "imagenet"), cost=COST_HOURS)
 def autoattack(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)
@@ -292,7 +292,7 @@ def autoattack(model: torch.nn.Module, ctx: EvalContext) -> dict:
                                       else "AutoAttack's own checks raised no flag")
     _warn_failed("autoattack", checks, ctx)
     figures = _draw_examples(ctx, shown, "autoattack", f"AutoAttack ({spec.version}) {a.norm} eps={a.eps:.4g}")
-    out = {"norm": a.norm, "eps": a.eps, "version": spec.version, "attacks": spec.attack_list,
+    out = {"norm": a.norm, "eps": a.eps, "version": spec.version, "attacks": spec.attack_list, "engine": spec.engine,
            "clean_top1": result.clean_top1, "robust_top1": result.robust_top1}
     after = result.robust_after()
     if after is not None:
@@ -312,7 +312,7 @@ def sweep_eps(a: AttackConfig) -> list[float]:
     return sorted({float(e) for e in eps_list})
 
 
-@register_benchmark("eps_sweep", suites=("adversarial", "quick"))
+@register_benchmark("eps_sweep", suites=("adversarial", "quick"), cost=COST_HOURS)
 def eps_sweep(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)
@@ -350,7 +350,7 @@ def eps_sweep(model: torch.nn.Module, ctx: EvalContext) -> dict:
                                                              attacks=tuple(a.attacks) if a.attacks else None).attack_list)
     figures = []
     if ctx.out_dir is not None and ctx.dist.main:
-        from vitrobust.report.adversarial_plots import accuracy_vs_eps
+        from vitrobust.figures.adversarial import accuracy_vs_eps
 
         figures.append(accuracy_vs_eps(out, ctx.out_dir / "eps_sweep.png",
                                        title=f"{a.sweep_attack} ({a.norm}), n={n}").name)

@@ -110,28 +110,13 @@ def variant(data: ImageSet, kind: str, donors: torch.Tensor | None = None) -> Im
 def _draw(ctx: EvalContext, sets: dict[str, ImageSet], preds: dict[str, torch.Tensor], labels: torch.Tensor) -> list[str]:
     if ctx.out_dir is None or not ctx.dist.main:
         return []
-    import matplotlib.pyplot as plt
-
-    from vitrobust.report.plots import save_figure
+    from vitrobust.figures.background import background_examples
 
     k = min(EXAMPLES, len(labels))
-    classes = ctx.data.classes
-    fig, axes = plt.subplots(len(sets), k, figsize=(1.5 * k + 0.8, 1.7 * len(sets)), squeeze=False)
-    for r, (kind, data) in enumerate(sets.items()):
-        for c in range(k):
-            img = data.sample(c).permute(1, 2, 0).numpy()
-            ax = axes[r][c]
-            ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
-                      vmin=0, vmax=255)
-            p, y = int(preds[kind][c]), int(labels[c])
-            name = (lambda k: classes[k] if 0 <= k < len(classes) else str(k))  # noqa: E731
-            title = f"true {name(y)}\npred {name(p)}" if r == 0 else f"pred {name(p)}"
-            ax.set_title(title, fontsize=7, color="#222" if p == y else "#b00")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(kind.replace("_", "-"), fontsize=9)
-    fig.suptitle("Background swaps (titles: predictions, red = wrong)", fontsize=10)
-    return [save_figure(fig, ctx.out_dir / "background_examples.png", dpi=100).name]
+    variants = {kind: torch.stack([data.sample(c) for c in range(k)]) for kind, data in sets.items()}
+    path = background_examples(variants, {kind: p[:k].tolist() for kind, p in preds.items()}, labels[:k].tolist(),
+                               ctx.out_dir / "background_examples.png", classes=ctx.data.classes)
+    return [path.name]
 
 
 @register_benchmark("background", suites=("background", "quick"))

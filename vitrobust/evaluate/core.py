@@ -1,20 +1,23 @@
-"""Benchmark registry, suites, sharded prediction and results.json."""
+"""Benchmark records and their registry, suites, the evaluation context and sharded prediction."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vitrobust.checkpoint import atomic_write_text
-from vitrobust.config import Config, suggest
+from vitrobust.config import Config
 from vitrobust.data import BatchLoader, ImageSet
 from vitrobust.distributed import Dist, all_gather_objects, current
-from vitrobust.errors import InputError
+from vitrobust.errors import InputError, suggest
+from vitrobust.registry import Registry
+from vitrobust.results import read_results
+
+COST_SECONDS, COST_MINUTES, COST_HOURS = 0, 1, 2  # Benchmark.cost: what one run takes on a large set
 
 
 @dataclass
@@ -34,32 +37,69 @@ class EvalContext:
                            num_workers=self.cfg.data.num_workers)
 
 
-Benchmark = Callable[[torch.nn.Module, EvalContext], dict]
-BENCHMARKS: dict[str, Benchmark] = {}
-SUITES: dict[str, list[str]] = {"clean": ["clean"], "quick": ["clean"]}
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark: `run(model, ctx) -> results.json entry`, the suites that hold it, an optional
+    `check(ctx)` that a suite runs before any benchmark starts (a missing dataset folder fails in seconds,
+    not hours into the suite), and its cost class: suites run cheaper benchmarks first."""
+
+    name: str
+    run: Callable[[torch.nn.Module, EvalContext], dict]
+    suites: tuple[str, ...] = ()
+    check: Callable[[EvalContext], object] | None = None
+    cost: int = COST_SECONDS
+
+    def __call__(self, model: torch.nn.Module, ctx: EvalContext) -> dict:
+        return self.run(model, ctx)
 
 
-def register_benchmark(name: str, suites: tuple[str, ...] = ()):
-    def wrap(fn: Benchmark) -> Benchmark:
-        BENCHMARKS[name] = fn
-        for suite in suites:
-            SUITES.setdefault(suite, [])
-            if name not in SUITES[suite]:
-                SUITES[suite].append(name)
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", fill="vitrobust.evaluate")
+
+
+def register_benchmark(name: str, suites: tuple[str, ...] = (), check: Callable[[EvalContext], object] | None = None,
+                       cost: int = COST_SECONDS):
+    """Decorator: register `fn(model, ctx) -> dict` as the benchmark `name` (see Benchmark); returns fn."""
+    def wrap(fn: Callable[[torch.nn.Module, EvalContext], dict]):
+        BENCHMARKS.register(Benchmark(name, fn, tuple(suites), check, cost))
         return fn
 
     return wrap
 
 
+class Suites(Mapping):
+    """suite name -> its benchmarks, read off the registered records: by cost class, then registration order."""
+
+    def _table(self) -> dict[str, list[str]]:
+        table: dict[str, list[Benchmark]] = {}
+        for _, bench in BENCHMARKS.items():
+            for suite in bench.suites:
+                table.setdefault(suite, []).append(bench)
+        return {suite: [b.name for b in sorted(members, key=lambda b: b.cost)] for suite, members in table.items()}
+
+    def __getitem__(self, suite: str) -> list[str]:
+        return self._table()[suite]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+SUITES = Suites()
+
+
 def expand_suite(suite: str) -> list[str]:
+    """Benchmark names of a suite, a benchmark, or a comma-separated mix of both (each once, in order)."""
     names: list[str] = []
+    suites = dict(SUITES)
     for part in (p.strip() for p in suite.split(",") if p.strip()):
-        if part in SUITES:
-            names += [n for n in SUITES[part] if n not in names]
+        if part in suites:
+            names += [n for n in suites[part] if n not in names]
         elif part in BENCHMARKS:
             names += [part] if part not in names else []
         else:
-            known = sorted(set(SUITES) | set(BENCHMARKS))
+            known = sorted(set(suites) | set(BENCHMARKS.names()))
             raise InputError(f"unknown suite or benchmark {part!r}; {suggest(part, known)}known: {', '.join(known)}")
     return names
 
@@ -97,13 +137,12 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
     names = expand_suite(suite)
     for name in names:  # fail in seconds on a missing dataset folder, not hours into the suite
-        check = getattr(BENCHMARKS[name], "check", None)
-        if check:
-            check(ctx)
+        if BENCHMARKS.get(name).check is not None:
+            BENCHMARKS.get(name).check(ctx)
     results = {}
     for name in names:
         t0 = time.perf_counter()
-        results[name] = BENCHMARKS[name](model, ctx)
+        results[name] = BENCHMARKS.get(name).run(model, ctx)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
         if on_result:
             on_result(name, results[name])
@@ -130,23 +169,3 @@ def missing_benchmarks(run_dir: Path, suite: str) -> list[str]:
 
 def is_evaluated(run_dir: Path, suite: str) -> bool:
     return not missing_benchmarks(run_dir, suite)
-
-
-def read_results(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path} is not valid JSON ({err}); delete it and evaluate again") from None
-
-
-def write_results(path: Path, results: dict, meta: dict | None = None) -> dict:
-    """Merge benchmark entries into results.json (atomically); other benchmarks' entries are kept."""
-    merged = read_results(path)
-    merged.update(results)
-    if meta:
-        merged["meta"] = {**merged.get("meta", {}), **meta}
-    atomic_write_text(Path(path), json.dumps(merged, indent=2, sort_keys=False))
-    return merged

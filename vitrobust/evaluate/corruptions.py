@@ -40,10 +40,11 @@ from vitrobust.data.corruptions import (
 from vitrobust.data.loader import resize
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import EvalContext, predict, read_results, register_benchmark
+from vitrobust.evaluate.core import COST_MINUTES, EvalContext, predict, register_benchmark
+from vitrobust.results import read_results
 
 # AlexNet's top-1 error on ImageNet-C per corruption, averaged over severities 1-5 (Hendrycks &
-# Dietterich 2019): the values METHODS.md lists, the same table as e.g. mmcls' ImageNet-C metric.
+# Dietterich 2019), the same table as e.g. mmcls' ImageNet-C metric.
 ALEXNET_ERRORS = {
     "gaussian_noise": 0.886428,
     "shot_noise": 0.894468,
@@ -242,7 +243,7 @@ def score(per_corruption: dict[str, dict[str, float]], clean_top1: float, ref: R
 
 def _shard(ctx: EvalContext, data: ImageSet) -> list[int]:
     """The samples this rank predicts (BatchLoader's evaluation order), the only ones it must corrupt."""
-    return [int(i) for batch in ctx.loader(data)._index_batches() for i in batch]
+    return [int(i) for batch in ctx.loader(data).index_batches() for i in batch]
 
 
 def _clean_images(ctx: EvalContext, data: ImageSet, indices: list[int]) -> tuple[torch.Tensor, int]:
@@ -318,7 +319,7 @@ def _top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet) -> float:
     return (preds == labels).float().mean().item() if len(labels) else math.nan
 
 
-@register_benchmark("corruptions", suites=("corruptions", "quick", "imagenet"))
+@register_benchmark("corruptions", suites=("corruptions", "quick", "imagenet"), cost=COST_MINUTES)
 def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     c = ctx.cfg.evaluate.corruptions
     names, severities = corruption_names(c.names), check_severities(c.severities)
@@ -368,7 +369,7 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     )
     figures = []
     if ctx.out_dir is not None and ctx.dist.main:
-        from vitrobust.report.corruption_plots import accuracy_vs_severity
+        from vitrobust.figures.corruptions import accuracy_vs_severity
 
         figures.append(
             accuracy_vs_severity({ctx.cfg.name: out}, Path(ctx.out_dir) / FIGURE, per_corruption=True).name

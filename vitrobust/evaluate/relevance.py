@@ -23,7 +23,7 @@ import torch
 
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import EvalContext, register_benchmark
+from vitrobust.evaluate.core import COST_MINUTES, EvalContext, register_benchmark
 from vitrobust.explain.relevance import UnsupportedModel, attention_modules, explain
 
 BATCH = 64  # images per relevance batch: every block's attention map and its gradient are held at once
@@ -59,7 +59,7 @@ def _skipped(rel, reason: str, figures: list[str] | None = None) -> dict:
 def _draw(ctx: EvalContext, shown: dict | None, rel) -> list[str]:
     if not shown or ctx.out_dir is None or not ctx.dist.main:
         return []
-    from vitrobust.explain.figures import relevance_grid
+    from vitrobust.figures.relevance import relevance_grid
 
     what = "the label" if rel.target == "label" else "the prediction"
     title = f"{rel.method} relevance of {what}" if rel.method == "chefer" else "attention rollout"
@@ -69,7 +69,7 @@ def _draw(ctx: EvalContext, shown: dict | None, rel) -> list[str]:
     return [path.name]
 
 
-@register_benchmark("relevance", suites=("relevance", "quick"))
+@register_benchmark("relevance", suites=("relevance", "quick"), cost=COST_MINUTES)
 def relevance(model: torch.nn.Module, ctx: EvalContext) -> dict:
     rel = ctx.cfg.evaluate.relevance
     try:

@@ -4,8 +4,9 @@ Each benchmark is its own top-level results.json entry, `{top1, n, classes}` (si
 `factors: {location|rotation|size: {top1, n, classes}}`), rather than one combined `shift` entry:
 every other benchmark (clean, autoattack, corruptions) is an entry of its own; a single set can be
 run or re-run alone (`--suite imagenet_a`) and `write_results` merges top-level keys, so re-running
-one set neither drops nor recomputes the others; and each entry gets its own `seconds`.
-`SHIFT_BENCHMARKS` lists the shift entries for reports.
+one set neither drops nor recomputes the others; and each entry gets its own `seconds`. The sets, their
+folders, labels and suites are the table in vitrobust/shift_sets.py; this module registers one
+benchmark per row.
 
 Datasets are folders named in `evaluate.shifts.roots` (ImageNet val may also come from data.root);
 nothing is downloaded. The suites: `imagenet` (the RobustBench/RobustViT evaluation of an ImageNet
@@ -19,10 +20,8 @@ from pathlib import Path
 import torch
 
 from vitrobust.data import BatchLoader, ImageSet
-from vitrobust.data.base import DatasetError
 from vitrobust.data.imagenet import IMAGENET_CLASSES, Preprocess, load_imagenet_5k, load_imagenet_val
 from vitrobust.data.shifts import (
-    LAYOUTS,
     SI_SCORE_FACTORS,
     load_imagenet_a,
     load_imagenet_r,
@@ -33,32 +32,21 @@ from vitrobust.data.shifts import (
     load_stylized_imagenet,
 )
 from vitrobust.distributed import all_gather_objects
-from vitrobust.errors import InputError
-from vitrobust.evaluate.core import SUITES, EvalContext, register_benchmark
+from vitrobust.errors import DatasetError, InputError
+from vitrobust.evaluate.core import EvalContext, register_benchmark
+from vitrobust.shift_sets import BY_BENCHMARK, IMAGENET_DATA, LAYOUTS, SHIFT_BENCHMARKS, SHIFT_SETS
 
-SHIFT_BENCHMARKS = (
-    "imagenet_v2",
-    "imagenet_a",
-    "imagenet_r",
-    "imagenet_sketch",
-    "stylized_imagenet",
-    "objectnet",
-    "si_score",
-)
-# cheap, likely-to-fail sets first; AutoAttack (hours) last
-IMAGENET_SUITE = [
-    "imagenet_5k",
-    "imagenet_val",
-    "imagenet_v2",
-    "imagenet_a",
-    "imagenet_r",
-    "imagenet_sketch",
-    "corruptions",
-    "stylized_imagenet",
-    "objectnet",
-    "autoattack",
-]
-IMAGENET_DATA = ("imagenet", "imagenet_5k", "imagefolder")  # data.name values whose data.root may be ImageNet
+# the loader of each single-set benchmark (si_score, several sets, is registered below on its own)
+LOADERS = {
+    "imagenet_5k": load_imagenet_5k,
+    "imagenet_val": load_imagenet_val,
+    "imagenet_v2": load_imagenet_v2,
+    "imagenet_a": load_imagenet_a,
+    "imagenet_r": load_imagenet_r,
+    "imagenet_sketch": load_imagenet_sketch,
+    "stylized_imagenet": load_stylized_imagenet,
+    "objectnet": load_objectnet,
+}
 
 
 def shift_root(ctx: EvalContext, key: str, benchmark: str) -> Path:
@@ -146,21 +134,15 @@ def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
 
     benchmark.__name__ = benchmark.__qualname__ = name
     benchmark.__doc__ = f"top-1 on {name} ({LAYOUTS[key]})"
-    benchmark.check = lambda ctx: shift_root(ctx, key, name)  # run before a suite starts: fail in seconds
-    register_benchmark(name, suites)(benchmark)
+    register_benchmark(name, suites, check=lambda ctx: shift_root(ctx, key, name))(benchmark)
 
 
-_register("imagenet_5k", "imagenet", load_imagenet_5k, ("imagenet",))
-_register("imagenet_val", "imagenet", load_imagenet_val, ("imagenet",))
-_register("imagenet_v2", "imagenet_v2", load_imagenet_v2, ("imagenet", "shifts"))
-_register("imagenet_a", "imagenet_a", load_imagenet_a, ("imagenet", "shifts"))
-_register("imagenet_r", "imagenet_r", load_imagenet_r, ("imagenet", "shifts"))
-_register("imagenet_sketch", "imagenet_sketch", load_imagenet_sketch, ("imagenet", "shifts"))
-_register("stylized_imagenet", "stylized_imagenet", load_stylized_imagenet, ("imagenet", "shifts"))
-_register("objectnet", "objectnet", load_objectnet, ("imagenet", "shifts"))
+for _set in SHIFT_SETS:
+    if _set.benchmark in LOADERS:
+        _register(_set.benchmark, _set.root, LOADERS[_set.benchmark], _set.suites)
 
 
-@register_benchmark("si_score", suites=("shifts",))
+@register_benchmark("si_score", suites=BY_BENCHMARK["si_score"].suites, check=lambda ctx: shift_root(ctx, "si_score", "si_score"))
 def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
     """Top-1 per factor (object location, rotation, size) and pooled over the factors present."""
     sets = load_si_score(shift_root(ctx, "si_score", "si_score"), preprocess(ctx, model))
@@ -177,7 +159,4 @@ def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
     }
 
 
-si_score.check = lambda ctx: shift_root(ctx, "si_score", "si_score")
-SUITES["imagenet"] = list(IMAGENET_SUITE)  # the order is part of the suite (see IMAGENET_SUITE)
-
-__all__ = ["IMAGENET_SUITE", "SHIFT_BENCHMARKS", "predict_labels", "preprocess", "shift_root", "top1"]
+__all__ = ["LOADERS", "SHIFT_BENCHMARKS", "predict_labels", "preprocess", "shift_root", "top1"]

@@ -1,4 +1,11 @@
-"""The model every part of vitrobust sees: [0,1] images in, logits out, normalisation first."""
+"""The model every part of vitrobust sees: [0,1] images in, logits out, normalisation first.
+
+`ImageClassifier` also forwards the optional hooks of its network (docs/architecture.md, "Model hooks"):
+- `param_groups(weight_decay) -> list[dict]`: optimizer groups (timm's `lr_scale` honoured);
+- `spec_kwargs() -> dict`: keyword arguments recorded in the model spec, so the saved weights file
+  alone rebuilds the network (e.g. a Dr.ViT's tokenizer layout);
+- `set_input_normalization(mean, std)`: told how its input was normalised.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +42,18 @@ class ImageClassifier(nn.Module):
         self.normalize = Normalize(spec.get("mean"), spec.get("std"))
         self.net = net
         self.spec = dict(spec)
+        hook = getattr(net, "spec_kwargs", None)
+        if callable(hook):
+            self.spec["kwargs"] = {**spec.get("kwargs", {}), **hook()}
+        hook = getattr(net, "set_input_normalization", None)
+        if callable(hook):
+            hook(spec.get("mean"), spec.get("std"))
         self.input_shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
+
+    def param_groups(self, weight_decay: float) -> list[dict] | None:
+        """The network's own optimizer groups, or None for timm's default grouping."""
+        hook = getattr(self.net, "param_groups", None)
+        return hook(weight_decay) if callable(hook) else None
 
     @property
     def num_classes(self) -> int:

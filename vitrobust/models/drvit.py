@@ -14,8 +14,8 @@ so a saved Dr.ViT rebuilds from its weights file alone (`tokenizer_arch` records
 The code choice has no gradient, which masks white-box attacks: the tokenizer's `straight_through`
 flag (vitrobust.attacks.straight_through) makes the quantizer the identity on the backward pass.
 
-The optional codebook delta (zero-initialised, reference config) must train at lr/100: build the
-optimizer with `param_groups` below, whose groups carry timm's `lr_scale`.
+The optional codebook delta (zero-initialised, reference config) must train at lr/100: the model's
+`param_groups` hook gives optimizer groups that carry timm's `lr_scale` (the trainer uses it).
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitrobust.errors import ModelError
+from vitrobust.models.groups import decay_groups
 from vitrobust.models.small_vits import SMALL_VITS
-from vitrobust.models.vqgan import VQTokenizer, build_tokenizer, load_tokenizer
+from vitrobust.models.tokenizer_io import load_tokenizer
+from vitrobust.models.vqgan import VQTokenizer, build_tokenizer
 
 # name stem: (img_size, patch, width, depth, heads); the 32-px sizes are vitrobust's small ViTs
 SIZES = {
@@ -148,8 +150,13 @@ class DiscreteTokenEmbed(nn.Module):
             self.pixel_channels = 0
             self.proj = nn.Conv2d(code_dim, embed_dim, 1, bias=bias, **dd)
         self.codebook_delta = nn.Parameter(torch.zeros(n_codes, code_dim, **dd)) if codebook_delta else None
-        for name, value in (("input_mean", input_mean), ("input_std", input_std)):
-            stats = torch.tensor(value, dtype=torch.float32).view(1, -1, 1, 1) if value is not None else None
+        self.set_input_normalization(input_mean, input_std)
+
+    def set_input_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Set (or clear) the statistics `pixels` undoes; buffers not saved (they come from the model spec)."""
+        device = self.proj.weight.device
+        for name, value in (("input_mean", mean), ("input_std", std)):
+            stats = torch.tensor(value, dtype=torch.float32, device=device).view(1, -1, 1, 1) if value is not None else None
             self.register_buffer(name, stats, persistent=False)
 
     def _grid(self, img_size: tuple, cell: tuple, what: str) -> tuple[int, int]:
@@ -242,39 +249,25 @@ class DrViT(VisionTransformer):
     def tokenizer(self) -> VQTokenizer:
         return self.patch_embed.tokenizer
 
+    # --- model hooks (docs/architecture.md) ------------------------------------------------------
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """timm's weight-decay split, plus the codebook delta at lr/100 through timm's `lr_scale`."""
+        return param_groups(self, weight_decay)
+
+    def spec_kwargs(self) -> dict:
+        """The tokenizer's layout, recorded in the model spec so a saved model rebuilds without its file."""
+        return {"tokenizer_arch": self.tokenizer_arch}
+
+    def set_input_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """How the network's input was normalised, so the tokenizer gets the [0,1] pixels back."""
+        self.patch_embed.set_input_normalization(mean, std)
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Optimizer groups for any model: timm's default split (no decay on biases and 1-d tensors,
-    frozen tensors left out) plus every Dr.ViT codebook delta at lr/100 through timm's `lr_scale`.
-
-    Use as `create_optimizer_v2(model, ..., param_group_fn=lambda m: param_groups(m, wd))`.
-    """
-    skip = set()  # what timm's default grouping also exempts from decay (pos_embed, cls_token, ...)
-    for prefix, module in model.named_modules():
-        if callable(getattr(module, "no_weight_decay", None)):
-            skip |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
-    decay, no_decay, delta = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.endswith("codebook_delta"):
-            delta.append(p)
-        elif p.ndim <= 1 or name.endswith(".bias") or name in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay},
-              {"params": delta, "weight_decay": weight_decay, "lr_scale": CODEBOOK_DELTA_LR_SCALE}]
-    return [g for g in groups if g["params"]]
-
-
-def spec_kwargs(kwargs: dict) -> dict:
-    """model_spec hook: record the layout of a tokenizer file, so the saved model rebuilds without it."""
-    path = kwargs.get("tokenizer")
-    if not isinstance(path, (str, Path)) or not Path(path).exists():
-        return kwargs  # random tokenizer (its layout follows from the other kwargs) or an error later
-    arch = load_tokenizer(path, preset=kwargs.get("tokenizer_preset"), trust=kwargs.get("trust_tokenizer", False)).arch
-    return {**kwargs, "tokenizer_arch": arch}
+    """Optimizer groups for a model holding Dr.ViT embeddings: `decay_groups` with every codebook delta
+    at lr/100. Use as `create_optimizer_v2(model, ..., param_group_fn=lambda m: param_groups(m, wd))`."""
+    return decay_groups(model, weight_decay, {"codebook_delta": CODEBOOK_DELTA_LR_SCALE})
 
 
 def _build(name: str, kwargs: dict) -> DrViT:

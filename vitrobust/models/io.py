@@ -8,8 +8,11 @@ from pathlib import Path
 
 import torch
 
-from vitrobust.checkpoint import FORMAT, CheckpointError, load_state, read_weights
-from vitrobust.models import ImageClassifier, build_model
+from vitrobust.checkpoint import FORMAT, load_state, read_weights
+from vitrobust.errors import CheckpointError
+from vitrobust.models.build import build_model
+from vitrobust.models.classifier import ImageClassifier
+from vitrobust.models.formats import find_format, state_tensors
 
 
 def weights_file(path: str | Path, ema: bool = False) -> Path:
@@ -55,7 +58,8 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
 
 
 def init_from(model: ImageClassifier, path: str | Path) -> dict:
-    """Start from other weights (fine-tuning): a vitrobust run/file, or a plain timm state dict.
+    """Start from other weights (fine-tuning): a vitrobust run/file, or a plain timm state dict (bare or
+    under state_dict / model / ..., DDP prefix or not), told apart by CHECKPOINT_FORMATS.
 
     Tensors whose shape differs (e.g. a classifier head for another number of classes) are skipped
     with a warning; returns {"loaded": n, "skipped": [...]}.
@@ -64,12 +68,10 @@ def init_from(model: ImageClassifier, path: str | Path) -> dict:
     if file.suffix == ".safetensors":
         tensors, _ = read_weights(file)
     else:
-        state = load_state(file)
-        tensors = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-        if not isinstance(tensors, dict):
-            raise CheckpointError(f"{file} holds no state dict")
-    if not any(k.startswith("net.") for k in tensors):
-        tensors = {f"net.{k}": v for k, v in tensors.items()}
+        tensors = state_tensors(load_state(file), str(file))
+    if not tensors:
+        raise CheckpointError(f"{file} holds no tensors")
+    tensors = find_format(tensors).to_classifier(tensors)
     own = model.state_dict()
     keep = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
     if not keep:

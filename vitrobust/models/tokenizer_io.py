@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from vitrobust.checkpoint import CheckpointError, atomic_write_bytes, read_weights
-from vitrobust.errors import ModelError
-
-if TYPE_CHECKING:
-    from vitrobust.models.vqgan import VQTokenizer
+from vitrobust.checkpoint import atomic_write_bytes, read_weights
+from vitrobust.errors import CheckpointError, ModelError
+from vitrobust.models.vqgan import VQTokenizer, resolve_arch
 
 TOKENIZER_FORMAT = "vitrobust-tokenizer-v1"
 WEIGHTS_NAME = "tokenizer.safetensors"
@@ -180,8 +178,6 @@ def load_tokenizer(path: str | Path, *, trust: bool = False, preset: str | None 
     from `preset`, else from the tensor shapes (taming files; GroupNorm groups, which shapes do not
     show, are taken as 32); `arch` keys go over the latter two. `freeze`: eval mode, no gradients.
     """
-    from vitrobust.models.vqgan import VQTokenizer, resolve_arch
-
     path = _weights_path(Path(path))
     saved_arch = None
     if path.suffix == ".safetensors":

@@ -5,7 +5,7 @@ taming/modules/diffusionmodules/model.py, VectorQuantizer with `embedding`), so 
 checkpoints (vqgan_imagenet_f16_1024, vqgan_openimages_f8_16384) load key for key. Callers pass
 [0,1] images; the mapping to the range the network was trained on (taming: [-1,1]) happens inside.
 
-Loading and saving live in `vitrobust.models.tokenizer_io` and are re-exported here.
+Loading and saving files live in `vitrobust.models.tokenizer_io`.
 """
 
 from __future__ import annotations
@@ -358,6 +358,4 @@ def build_tokenizer(preset: str | None = None, **arch) -> VQTokenizer:
     return VQTokenizer(resolve_arch(preset, **arch))
 
 
-from vitrobust.models.tokenizer_io import load_tokenizer, save_tokenizer  # noqa: E402  (re-export)
-
-__all__ = ["PRESETS", "VQTokenizer", "build_tokenizer", "load_tokenizer", "resolve_arch", "save_tokenizer"]
+__all__ = ["PRESETS", "VQTokenizer", "build_tokenizer", "resolve_arch"]

@@ -15,12 +15,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from vitrobust.attacks.pgd import pgd_attack
 from vitrobust.attacks.straight_through import attack_gradients
-from vitrobust.objectives import register_objective
 from vitrobust.objectives.base import Objective, ObjectiveParams, TrainState
+from vitrobust.registry import OBJECTIVES
+from vitrobust.threat import ThreatModel
 
 
 def eps_schedule(eps: float, epoch: int, warmup_epochs: int = 0, zero_eps_epochs: int = 0) -> float:
@@ -50,26 +51,15 @@ def attack_mode(model: torch.nn.Module, mode: str):
             m.training = training
 
 
-class AttackParams(ObjectiveParams):
-    """Threat model, step size, eps warm-up and attack mode, shared by the adversarial objectives."""
+class AttackParams(ObjectiveParams, ThreatModel):
+    """Threat model (norm, eps, gradient), step size, eps warm-up and attack mode of the adversarial objectives."""
 
-    norm: Literal["Linf", "L2"] = "Linf"
     eps: float = Field(4 / 255, ge=0, description="radius in [0,1] pixel units (4/255 = 0.0157)")
     step_size: float | None = Field(None, gt=0, description="attack step (default: a multiple of the full eps)")
     scale_step_with_eps: bool = Field(False, description="scale the step with the warmed-up eps (the reference keeps it)")
     attack_mode: Literal["eval", "train"] = "eval"
-    gradient: Literal["auto", "exact", "straight-through"] = Field(
-        "auto", description="through quantisers (Dr.ViT): auto = straight-through where the model has one")
     warmup_epochs: int = Field(0, ge=0, description="linear eps ramp over this many epochs (epoch 0 of it is clean)")
     zero_eps_epochs: int = Field(0, ge=0, description="clean epochs before the ramp")
-
-    @field_validator("eps")
-    @classmethod
-    def _check_eps(cls, eps: float, info: ValidationInfo) -> float:
-        if info.data.get("norm") == "Linf" and eps > 1:
-            raise ValueError(f"Linf eps={eps} > 1 is outside the [0,1] pixel range: give eps as a fraction "
-                             f"(8/255 = {8 / 255:.4f})")
-        return eps
 
 
 class AdversarialObjective(Objective):
@@ -115,7 +105,7 @@ class PGDATParams(AttackParams):
     random_start: bool = Field(True, description="start uniformly in the eps ball")
 
 
-@register_objective
+@OBJECTIVES.register
 class PGDAT(AdversarialObjective):
     """PGD adversarial training, step size 1.5*eps/K by default."""
 
@@ -134,7 +124,7 @@ class FGSMRSParams(AttackParams):
     eps: float = Field(8 / 255, ge=0, description="radius in [0,1] pixel units (8/255 = 0.0314)")
 
 
-@register_objective
+@OBJECTIVES.register
 class FGSMRS(AdversarialObjective):
     """FGSM from a uniform random start, one step of alpha = step_size (default 1.25*eps), projected."""
 
@@ -168,7 +158,7 @@ class TradesParams(AttackParams):
     step_size: float | None = Field(None, gt=0, description="attack step (default: eps/4, 2/255 at 8/255)")
 
 
-@register_objective
+@OBJECTIVES.register
 class Trades(AdversarialObjective):
     """TRADES: CE(f(x), y) + beta * KL(p_clean || p_adv) (batchmean), x_adv maximising the KL."""
 

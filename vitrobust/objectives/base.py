@@ -1,13 +1,22 @@
-"""The Objective interface: `loss(model, batch, state) -> (loss, logs)`."""
+"""The Objective interface: `loss(model, batch, state) -> (loss, logs)`, and what the trainer gives it.
+
+An objective is built once per run as `Cls(params, context)`: `params` is its validated `Params` model
+(the config's `objective:` section), `context` an `ObjectiveContext` (the run's config, training split
+and device). Per step it gets the (possibly DDP-wrapped) model and a `TrainState`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from vitrobust.config import Config
+    from vitrobust.data.base import ImageSet
 
 
 class ObjectiveParams(BaseModel):
@@ -15,6 +24,24 @@ class ObjectiveParams(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     loss: Literal["ce", "bce"] = Field("ce", description="training loss on logits: softmax cross-entropy, or "
                                        "sigmoid binary cross-entropy per class (AugReg style, Dr.ViT's reference)")
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective may use besides its params, each None when not known (tests, notebooks)."""
+
+    cfg: Config | None = None  # the run's config
+    dataset: ImageSet | None = None  # the training split (channels, image size, classes)
+    device: torch.device | None = None  # where training runs
+
+
+@dataclass(frozen=True)
+class ValidationMetric:
+    """A model-selection number an objective computes on validation data (train.keep_best uses it)."""
+
+    name: str  # logged under this name in metrics.jsonl
+    value: float
+    higher_is_better: bool
 
 
 @dataclass
@@ -40,12 +67,17 @@ class Objective:
     name: ClassVar[str] = ""
     Params: ClassVar[type[ObjectiveParams]] = ObjectiveParams
 
-    def __init__(self, params: ObjectiveParams, **context):
+    def __init__(self, params: ObjectiveParams, context: ObjectiveContext | None = None):
         self.params = params
-        self.context = context
+        self.context = context or ObjectiveContext()
 
     def loss(self, model, batch, state: TrainState) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def validation_metric(self, model, loader) -> ValidationMetric | None:
+        """The objective's own model-selection number on `loader` (model in eval mode, every rank calls it),
+        or None to select by test top-1. Called at each evaluation epoch."""
+        return None
 
     # helpers shared by objectives
     def soft_targets(self, batch, num_classes: int) -> torch.Tensor:

@@ -35,24 +35,26 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import nn
 
 from vitrobust.attacks.pgd import ascent_direction, project, random_delta
 from vitrobust.attacks.straight_through import attack_gradients
-from vitrobust.errors import InputError
-from vitrobust.objectives import register_objective
+from vitrobust.errors import ConfigError, InputError
+from vitrobust.models.tokenizer_io import load_tokenizer
 from vitrobust.objectives.adversarial import attack_mode
-from vitrobust.objectives.base import Objective, ObjectiveParams, TrainState
+from vitrobust.objectives.base import Objective, ObjectiveContext, ObjectiveParams, TrainState
+from vitrobust.registry import OBJECTIVES
+from vitrobust.threat import Norm, ThreatModel
 
 
-class DATParams(ObjectiveParams):
+class DATParams(ObjectiveParams, ThreatModel):
     tokenizer: str | None = Field(None, description="the VQ tokenizer (required): a `vitrobust tokenizer train` run "
                                   "directory or .safetensors, or a taming-transformers .ckpt")
     tokenizer_preset: str | None = Field(None, description="layout of a taming .ckpt without a config YAML beside "
                                          "it, e.g. vqgan_openimages_f8_16384")
     trust_tokenizer: bool = Field(False, description="allow pickled (non weights-only) tokenizer checkpoints")
-    norm: Literal["L2", "Linf"] = "L2"
+    norm: Norm = "L2"
     eps: float = Field(0.1, ge=0, description="radius around the start point, in [0,1] pixel units")
     step_size: float = Field(0.1, ge=0)
     steps: int = Field(1, ge=0, description="attack steps (0: the random start only)")
@@ -63,26 +65,13 @@ class DATParams(ObjectiveParams):
     weight: float = Field(1.0, ge=0, description="weight of the adversarial loss")
     perturb: Literal["reconstruction", "input"] = Field("reconstruction", description="reconstruction: attack "
                                                         "around Q(x) (the reference); input: around x")
-    gradient: Literal["auto", "exact", "straight-through"] = Field(
-        "auto", description="attack gradient through quantisers inside the model (a Dr.ViT): auto uses "
-        "straight-through where the model has one")
     attack_precision: Literal["train", "fp32"] = Field("train", description="train: under the trainer's autocast; "
                                                        "fp32: as the reference")
     tokenizer_precision: Literal["fp32", "train"] = Field("fp32", description="fp32 as the reference; train: "
                                                           "under the trainer's autocast")
 
-    @field_validator("eps")
-    @classmethod
-    def _check_eps(cls, eps: float, info: ValidationInfo) -> float:
-        if info.data.get("norm") == "Linf" and eps > 1:
-            raise ValueError(f"Linf eps={eps} > 1 is outside the [0,1] pixel range: give eps as a fraction")
-        return eps
-
 
 def _load(params: DATParams, device) -> nn.Module:
-    from vitrobust.config import ConfigError
-    from vitrobust.models.vqgan import load_tokenizer
-
     if params.tokenizer is None:
         raise ConfigError("objective.tokenizer: DAT needs a VQ tokenizer: set objective.tokenizer to a run directory "
                           "of `vitrobust tokenizer train` or to a taming VQGAN .ckpt (with objective.tokenizer_preset)")
@@ -96,8 +85,6 @@ def _load(params: DATParams, device) -> nn.Module:
 
 def _check_fits(tokenizer: nn.Module, dataset, cfg) -> None:
     """The tokenizer's channels and downsampling must fit the training images (checked before training)."""
-    from vitrobust.config import ConfigError
-
     in_chans, factor = getattr(tokenizer, "in_chans", None), getattr(tokenizer, "downsample", None)
     if dataset is None:
         return
@@ -110,23 +97,25 @@ def _check_fits(tokenizer: nn.Module, dataset, cfg) -> None:
                           f"data.img_size as a multiple of {factor}")
 
 
-@register_objective
+@OBJECTIVES.register
 class DAT(Objective):
-    """L = CE(f(x), y) + weight * CE(f(Q(x1)), y), x1 one L2 ascent step from (a random point near) Q(x)."""
+    """L = CE(f(x), y) + weight * CE(f(Q(x1)), y), x1 one L2 ascent step from (a random point near) Q(x).
+
+    `tokenizer`: a ready tokenizer module instead of the file `params.tokenizer` names (tests, notebooks).
+    """
 
     name = "dat"
     Params = DATParams
 
-    def __init__(self, params: DATParams, **context):
-        super().__init__(params, **context)
-        device = context.get("device")
-        tokenizer = context.get("tokenizer")
+    def __init__(self, params: DATParams, context: ObjectiveContext | None = None, tokenizer: nn.Module | None = None):
+        super().__init__(params, context)
+        device = self.context.device
         if tokenizer is None:
             tokenizer = _load(params, device)
         elif device is not None:
             tokenizer = tokenizer.to(device)
         self.tokenizer = tokenizer.eval().requires_grad_(False)
-        _check_fits(self.tokenizer, context.get("dataset"), context.get("cfg"))
+        _check_fits(self.tokenizer, self.context.dataset, self.context.cfg)
 
     # --- pieces, each a step of the reference ---------------------------------------------------
 

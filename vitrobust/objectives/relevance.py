@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from vitrobust.config import ConfigError
-from vitrobust.errors import InputError
+from vitrobust.distributed import all_gather_objects
+from vitrobust.errors import ConfigError, InputError
 from vitrobust.explain.relevance import explain
-from vitrobust.objectives import register_objective
-from vitrobust.objectives.base import Objective, ObjectiveParams
+from vitrobust.objectives.base import Objective, ObjectiveParams, ValidationMetric
+from vitrobust.registry import OBJECTIVES
 
 NO_MASK = ("the relevance objective needs foreground masks in every batch: set data.masks.source "
            "(threshold for objects on a dark background, folder with data.masks.root for ImageNet-S PNGs, "
@@ -69,7 +69,7 @@ def self_distillation(logits: torch.Tensor, temperature: float, label_smoothing:
     return F.cross_entropy(logits.float() / temperature, own, label_smoothing=label_smoothing)
 
 
-@register_objective
+@OBJECTIVES.register
 class Relevance(Objective):
     """RobustViT relevance fine-tuning (needs data.masks.source)."""
 
@@ -95,11 +95,9 @@ class Relevance(Objective):
         logs = {k: v.detach() for k, v in t.items() if k not in ("loss", "logits")}
         return t["loss"], {"loss": t["loss"].detach(), "acc": self.accuracy(t["logits"], batch), **logs}
 
-    def validation_metric(self, model, loader) -> tuple[str, float, bool]:
-        """(name, value, higher_is_better): the mean loss over `loader`'s images, model in eval mode,
-        every rank's share gathered. The reference keeps the checkpoint with the lowest validation loss."""
-        from vitrobust.distributed import all_gather_objects
-
+    def validation_metric(self, model, loader) -> ValidationMetric:
+        """The mean loss over `loader`'s images, model in eval mode, every rank's share gathered. The
+        reference keeps the checkpoint with the lowest validation loss."""
         total, count = 0.0, 0
         for batch in loader:
             total += float(self.terms(model, batch, differentiable=False)["loss"]) * len(batch)
@@ -108,4 +106,4 @@ class Relevance(Objective):
         total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
         if count == 0:
             raise InputError("the validation set is empty: the relevance validation loss needs images with masks")
-        return "val_relevance_loss", total / count, False
+        return ValidationMetric("val_relevance_loss", total / count, higher_is_better=False)

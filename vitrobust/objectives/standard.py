@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from vitrobust.objectives.base import Objective, ObjectiveParams
+from vitrobust.registry import OBJECTIVES
 
 
+@OBJECTIVES.register
 class Standard(Objective):
     name = "standard"
     Params = ObjectiveParams

@@ -12,21 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import read_results
-from vitrobust.train.metrics import read_metrics
+from vitrobust.results import read_metrics, read_results
+from vitrobust.shift_sets import LABELS
 
-# Distribution-shift benchmarks, in the order reports show them, with their display names.
-SHIFTS = {
-    "imagenet_val": "ImageNet val",
-    "imagenet_5k": "ImageNet 5k",
-    "imagenet_v2": "ImageNet-V2",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "stylized_imagenet": "Stylized-ImageNet",
-    "objectnet": "ObjectNet",
-    "si_score": "SI-Score",
-}
+SHIFTS = LABELS  # distribution-shift benchmarks in report order, with their display names
 
 
 def number(value) -> float | None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitrobust.figures.adversarial import accuracy_vs_eps
+from vitrobust.figures.corruptions import accuracy_vs_severity
+from vitrobust.figures.shifts import shift_accuracy_bars
+from vitrobust.figures.training import training_curves
 from vitrobust.report.runs import SHIFTS, Run, number, shift_labels
 from vitrobust.report.tables import MISSING, Table, eps_text
 
@@ -56,8 +60,6 @@ def _attack(name: str, e: dict) -> str:
 
 
 def adversarial(runs: list[Run], figures: Path) -> Section:
-    from vitrobust.report.adversarial_plots import accuracy_vs_eps
-
     sec = Section("adversarial", "Adversarial robustness")
     rows = [[run.name, _attack(name, e), f"{e.get('norm', '?')} {eps_text(e.get('eps'))}",
              str(e.get("gradient", MISSING)), count(e.get("n")), pct(e.get("clean_top1")),
@@ -109,8 +111,6 @@ def corruptions(runs: list[Run], figures: Path) -> Section:
         sec.tables.append(_corruption_table(name, e))
         sec.notes += [f"{name}: {note}" for note in e.get("notes") or []]
     if entries:
-        from vitrobust.report.corruption_plots import accuracy_vs_severity
-
         path = accuracy_vs_severity(entries, figures / "report_accuracy_vs_severity.png", per_corruption=True)
         sec.figures.append(("Accuracy vs corruption severity", path))
     return sec
@@ -122,8 +122,6 @@ def _counts(values) -> str:
 
 
 def shifts(runs: list[Run], figures: Path) -> Section:
-    from vitrobust.report.shift_plots import shift_accuracy_bars
-
     sec = Section("shifts", "Distribution shifts")
     per_run = {run.name: run.shifts(parts=True) for run in runs}
     labels = shift_labels(runs, parts=True)
@@ -199,8 +197,6 @@ def listed_figures(runs: list[Run], sections: dict[str, Section]) -> None:
 def build_sections(runs: list[Run], figures: Path, extra_figures: list[tuple[str, Path]] = ()
                    ) -> list[Section]:
     """Sections in reading order; those left empty are dropped."""
-    from vitrobust.report.plots import training_curves
-
     training = Section("training", "Training")
     curves = training_curves({run.name: run.metrics for run in runs}, figures / "report_training_curves.png")
     if curves:

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitrobust.config import suggest
-from vitrobust.errors import InputError
+from vitrobust.errors import InputError, suggest
 from vitrobust.report.runs import Run, as_runs, number, shift_labels
 
 MISSING = "-"

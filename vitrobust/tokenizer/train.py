@@ -15,25 +15,19 @@ import torch
 from timm.optim import create_optimizer_v2
 from tqdm import tqdm
 
-from vitrobust.checkpoint import CheckpointError, atomic_write_text, load_state, save_state
-from vitrobust.config import Config, ConfigError
+from vitrobust.checkpoint import atomic_write_text, load_state, save_state
+from vitrobust.config import Config
 from vitrobust.data import BatchLoader, load_split
 from vitrobust.distributed import resolve_device
-from vitrobust.evaluate.core import write_results
+from vitrobust.errors import CheckpointError, ConfigError
+from vitrobust.figures.tokenizer import reconstruction_figure
 from vitrobust.models.tokenizer_io import WEIGHTS_NAME, is_tokenizer_file, load_tokenizer, save_tokenizer
 from vitrobust.models.vqgan import VQTokenizer, build_tokenizer
-from vitrobust.tokenizer.figures import reconstruction_figure
+from vitrobust.results import MetricsLog, write_results
 from vitrobust.tokenizer.metrics import evaluate_tokenizer
 from vitrobust.tokenizer.model import TrainingTokenizer
-from vitrobust.train.metrics import MetricsLog, Window
-from vitrobust.train.trainer import (
-    TrainingDiverged,
-    _config_diff,
-    autocast,
-    build_scheduler,
-    optimizer_step,
-    seed_step,
-)
+from vitrobust.train.loop import autocast, build_scheduler, config_diff, diverged, optimizer_step, seed_step
+from vitrobust.train.metrics import Window
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "vitrobust-tokenizer-trainer-v1"
@@ -109,7 +103,7 @@ class TokenizerTrainer:
         saved = self.run_dir / "config.yaml"
         if resume and saved.is_file() and saved.read_text() != config_yaml:
             print(f"note: resuming with a config that differs from the saved one:\n"
-                  f"{_config_diff(saved.read_text(), config_yaml)}")
+                  f"{config_diff(saved.read_text(), config_yaml)}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, config_yaml)
 
@@ -192,10 +186,8 @@ class TokenizerTrainer:
             loss, logs = self.model(x)
         if not math.isfinite(float(loss.detach())):
             self.metrics.log("diverged", epoch=epoch, step=self.step, loss=float(loss.detach()))
-            kept = (f"The last good checkpoint in {self.run_dir} is intact; continue with --resume after the fix."
-                    if (self.run_dir / STATE_FILE).exists() else "No checkpoint had been written yet.")
-            raise TrainingDiverged(f"tokenizer loss is {float(loss.detach())} at epoch {epoch + 1}, step {self.step}: "
-                                   f"training stopped. {kept} Lower optim.lr or set optim.clip_grad.")
+            raise diverged("tokenizer loss", float(loss.detach()), epoch, self.step,
+                           (self.run_dir / STATE_FILE).exists(), self.run_dir, "Lower optim.lr or set optim.clip_grad.")
         optimizer_step(loss, self.optimizer, self.scaler, self.model, cfg.optim.clip_grad)
         self.step += 1
         self.scheduler.step_update(self.step)

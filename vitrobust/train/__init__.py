@@ -1,5 +1,6 @@
-"""Training: the trainer loop, checkpoints and distributed helpers."""
+"""Training: the one trainer loop (any objective), and what training loops share."""
 
-from vitrobust.train.trainer import Trainer, TrainingDiverged, train
+from vitrobust.train.loop import TrainingDiverged
+from vitrobust.train.trainer import Trainer, train
 
 __all__ = ["Trainer", "TrainingDiverged", "train"]

@@ -2,90 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import math
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vitrobust.checkpoint import CheckpointError, atomic_write_text, load_state, save_state, save_weights
-from vitrobust.config import Config, ConfigError
+from vitrobust.checkpoint import atomic_write_text, load_state, save_state, save_weights
+from vitrobust.config import Config
 from vitrobust.data import BatchLoader, load_split
 from vitrobust.distributed import any_true, barrier, setup_distributed
-from vitrobust.errors import UserError
+from vitrobust.errors import CheckpointError, ConfigError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
-from vitrobust.models.drvit import param_groups
-from vitrobust.objectives import TrainState, build_objective
-from vitrobust.train.metrics import MetricsLog, Window
+from vitrobust.objectives import ObjectiveContext, TrainState, build_objective
+from vitrobust.results import MetricsLog
+from vitrobust.train.loop import autocast, build_scheduler, config_diff, diverged, optimizer_step, seed_step
+from vitrobust.train.metrics import Window
 
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "vitrobust-trainer-v1"
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is left as it was."""
-
-
-def seed_step(seed: int, step: int, rank: int) -> None:
-    """Reseed every RNG per step: resumed runs draw exactly what an uninterrupted run would."""
-    s = (seed * 1_000_003 + step * 997 + rank) % (2**31)
-    torch.manual_seed(s)
-    np.random.seed(s)
-    random.seed(s)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
-    s, total = cfg.schedule, cfg.train.epochs * steps_per_epoch
-    warmup = int(s.warmup_epochs * steps_per_epoch)
-    if s.name == "cosine":
-        cooldown = int(s.cooldown_epochs * steps_per_epoch)
-        # warm-up first, then the cosine from the peak lr down to min_lr, then cooldown at min_lr
-        return CosineLRScheduler(optimizer, t_initial=max(1, total - cooldown - warmup), lr_min=s.min_lr,
-                                 warmup_t=warmup, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
-                                 t_in_epochs=False, cycle_limit=1)
-    rate = s.decay_rate if s.name == "step" else 1.0
-    return StepLRScheduler(optimizer, decay_t=max(1, int(s.decay_epochs * steps_per_epoch)), decay_rate=rate,
-                           warmup_t=warmup, warmup_lr_init=s.warmup_lr, t_in_epochs=False)
-
-
-def _config_diff(old: str, new: str) -> str:
-    lines = difflib.unified_diff(old.splitlines(), new.splitlines(), "saved", "given", lineterm="", n=0)
-    return "\n".join(list(lines)[2:12])
-
-
-def optimizer_step(loss: torch.Tensor, optimizer, scaler, model: torch.nn.Module, clip_grad: float | None) -> None:
-    """Backward (loss-scaled for fp16), clip the global gradient norm, step."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
 
 
 class Trainer:
@@ -110,12 +51,12 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"the training set has {len(self.train_set)} samples, fewer than one batch "
                              f"(data.batch_size={cfg.data.batch_size}): lower the batch size")
-        self.objective = build_objective(cfg.objective, cfg=cfg, dataset=self.train_set, device=self.device)
+        self.objective = build_objective(cfg.objective, ObjectiveContext(cfg=cfg, dataset=self.train_set,
+                                                                         device=self.device))
         o = cfg.optim
-        groups = {}
-        if any(name.endswith("codebook_delta") for name, _ in self.model.named_parameters()):
-            groups["param_group_fn"] = lambda m: param_groups(m, o.weight_decay)  # Dr.ViT's delta at lr/100
-        self.optimizer = create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, **groups,
+        groups = self.model.param_groups(o.weight_decay)  # the model's own groups (its param_groups hook), or None
+        self.optimizer = create_optimizer_v2(self.model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                             param_group_fn=(lambda m: groups) if groups is not None else None,
                                              **({"betas": o.betas} if "adam" in o.name else {"momentum": o.momentum}))
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -142,7 +83,7 @@ class Trainer:
         if resume and (self.run_dir / "config.yaml").is_file():
             saved = (self.run_dir / "config.yaml").read_text()
             if saved != config_yaml and self.dist.main:
-                print(f"note: resuming with a config that differs from the saved one:\n{_config_diff(saved, config_yaml)}")
+                print(f"note: resuming with a config that differs from the saved one:\n{config_diff(saved, config_yaml)}")
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", config_yaml)
@@ -230,7 +171,7 @@ class Trainer:
                 batch.x, batch.target = self.mixup(batch.x, batch.y)
             if self.erasing is not None:
                 batch.x = self.erasing(batch.x).clamp_(0, 1)
-            logs = self._step(batch)
+            logs = self.step(batch)
             for w in (window, totals):
                 w.add(logs, len(batch) * self.dist.world)
             if state.step % cfg.train.log_every == 0:
@@ -241,18 +182,16 @@ class Trainer:
         bar.close()
         self._end_epoch(epoch, totals)
 
-    def _step(self, batch) -> dict:
+    def step(self, batch) -> dict:
+        """One optimizer step on `batch`: objective loss (under autocast), divergence stop, backward, clipping,
+        optimizer and scheduler step, EMA; returns the objective's logs as floats."""
         cfg, state = self.cfg, self.state
         with autocast(self.device, cfg.train.precision):
             loss, logs = self.objective.loss(self.ddp, batch, state)
         if any_true(not bool(torch.isfinite(loss.detach())), self.device):
             self.metrics.log("diverged", epoch=state.epoch, step=state.step, loss=float(loss.detach()))
-            kept = (f"The last good checkpoint in {self.run_dir} is intact; continue with --resume after the fix."
-                    if (self.run_dir / STATE_FILE).exists() else "No checkpoint had been written yet.")
-            raise TrainingDiverged(
-                f"loss is {float(loss.detach())} at epoch {state.epoch + 1}, step {state.step}: training stopped. "
-                f"{kept} Lower optim.lr, set optim.clip_grad, or use train.precision=fp32."
-            )
+            raise diverged("loss", float(loss.detach()), state.epoch, state.step, (self.run_dir / STATE_FILE).exists(),
+                           self.run_dir, "Lower optim.lr, set optim.clip_grad, or use train.precision=fp32.")
         optimizer_step(loss, self.optimizer, self.scaler, self.model, cfg.optim.clip_grad)
         state.step += 1
         self.scheduler.step_update(state.step)
@@ -295,11 +234,10 @@ class Trainer:
         out = {"test_top1": clean(self.model, ctx)["top1"]}
         if self.ema is not None:
             out["ema_top1"] = clean(self.ema.module, ctx)["top1"]
-        metric = getattr(self.objective, "validation_metric", None)
-        if metric is not None:  # the objective's own selection criterion (every rank runs it: it gathers)
-            name, value, higher = metric(self.model, ctx.loader())
-            out[name] = value
-            self.selection = (name, higher)
+        metric = self.objective.validation_metric(self.model, ctx.loader())  # every rank runs it: it gathers
+        if metric is not None:  # the objective's own selection criterion
+            out[metric.name] = metric.value
+            self.selection = (metric.name, metric.higher_is_better)
         self.model.train()
         return out
 

@@ -6,9 +6,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
-from vitrobust.report.plots import save_figure  # also selects the Agg backend
+from vitrobust.figures.base import plt, save_figure
 
 
 def mean_by_severity(entry: Mapping) -> dict[int, float]:

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitrobust.evaluate.core import read_results
-from vitrobust.report.plots import plt, save_figure
+from vitrobust.figures.base import plt, save_figure
 
 
-def cost_points(run_dirs: list[Path]) -> list[dict]:
-    """Per run: name, params, flops, clean and robust top-1 (AutoAttack if present, else PGD)."""
-    points = []
-    for run in run_dirs:
-        res = read_results(Path(run) / "results.json")
-        meta = res.get("meta", {})
-        robust = res.get("autoattack", res.get("pgd", {})).get("robust_top1")
-        points.append({"name": Path(run).name, "params": meta.get("params"), "flops": meta.get("flops"),
-                       "clean": res.get("clean", {}).get("top1"), "robust": robust})
-    return points
+def robustness_vs_cost(points: list[dict], path: Path) -> Path | None:
+    """Clean and robust top-1 vs parameters and vs FLOPs (log x), one point per run; None if < 2 runs.
 
-
-def robustness_vs_cost(run_dirs: list[Path], path: Path) -> Path | None:
-    """Clean and robust top-1 vs parameters and vs FLOPs (log x), one point per run; None if < 2 runs."""
-    points = [p for p in cost_points(run_dirs) if p["params"] and p["clean"] is not None]
+    `points`: one dict per run with name, params, flops, clean and robust (top-1 fractions or None)."""
+    points = [p for p in points if p.get("params") and p.get("clean") is not None]
     if len(points) < 2:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -39,3 +28,6 @@ def robustness_vs_cost(run_dirs: list[Path], path: Path) -> Path | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return save_figure(fig, path)
+
+
+__all__ = ["robustness_vs_cost"]

@@ -7,14 +7,9 @@ from pathlib import Path
 
 import torch
 
-from vitrobust.report.plots import plt, save_figure  # also selects the Agg backend
+from vitrobust.figures.base import class_namer, image_panel, plt, save_figure
 
 ALPHA = 0.5  # opacity of the relevance heat map over the image
-
-
-def _image(t: torch.Tensor):
-    t = t.detach().float().cpu().clamp(0, 1)
-    return (t[0].numpy(), "gray") if t.shape[0] == 1 else (t.permute(1, 2, 0).numpy(), None)
 
 
 def relevance_grid(images: torch.Tensor, maps: torch.Tensor, path: str | Path, *, masks: torch.Tensor | None = None,
@@ -27,7 +22,7 @@ def relevance_grid(images: torch.Tensor, maps: torch.Tensor, path: str | Path, *
     n = len(images)
     if n == 0 or len(maps) != n or (masks is not None and len(masks) != n):
         raise ValueError(f"relevance_grid needs as many maps/masks as images (got {n} images, {len(maps)} maps)")
-    name = (lambda i: classes[i] if classes and 0 <= i < len(classes) else str(i))  # noqa: E731
+    name = class_namer(classes)
     as_list = (lambda v: None if v is None else [int(i) for i in v])  # noqa: E731
     labels, preds, targets = as_list(labels), as_list(preds), as_list(targets)
     cols = min(columns, n)
@@ -41,7 +36,7 @@ def relevance_grid(images: torch.Tensor, maps: torch.Tensor, path: str | Path, *
         ax.set_frame_on(False)
     for j in range(n):
         g, c = divmod(j, cols)
-        data, cmap = _image(images[j])
+        data, cmap = image_panel(images[j])
         ax = axes[g * len(kinds)][c]
         ax.imshow(data, cmap=cmap, vmin=0, vmax=1)
         if labels is not None:

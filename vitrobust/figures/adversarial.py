@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from vitrobust.report.plots import save_figure  # also selects the Agg backend
+from vitrobust.figures.base import bare, class_namer, image_panel, plt, save_figure
 
 
 def _named(sweeps) -> dict[str, dict]:
@@ -47,11 +46,6 @@ def accuracy_vs_eps(sweeps: Mapping[str, dict] | Sequence[dict] | dict, path: st
     return save_figure(fig, path)
 
 
-def _image(t: torch.Tensor):
-    t = t.detach().float().cpu().clamp(0, 1)
-    return (t[0].numpy(), "gray") if t.shape[0] == 1 else (t.permute(1, 2, 0).numpy(), None)
-
-
 def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor, pred_clean: torch.Tensor,
                      pred_adv: torch.Tensor, path: str | Path, classes: Sequence[str] | None = None,
                      title: str | None = None) -> Path:
@@ -60,7 +54,7 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
     n = len(x)
     if n == 0:
         raise ValueError("adversarial_grid needs at least one image")
-    name = (lambda i: classes[i] if classes and 0 <= i < len(classes) else str(i))  # noqa: E731
+    name = class_namer(classes)
     delta = (x_adv - x).detach().float().cpu()
     fig, axes = plt.subplots(3, n, figsize=(1.6 * n + 0.8, 5.4), squeeze=False)
     for j in range(n):
@@ -71,12 +65,11 @@ def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
                   (x_adv[j], f"adv pred\n{name(pa)}", pa != y),
                   (shown, f"delta x{0.5 / amp:.0f}" if amp > 0 else "no change", False)]
         for i, (img, text, wrong) in enumerate(panels):
-            data, cmap = _image(img)
+            data, cmap = image_panel(img)
             ax = axes[i][j]
             ax.imshow(data, cmap=cmap, vmin=0, vmax=1)
             ax.set_title(text, fontsize=8, color="#b00" if wrong else "#222")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            bare(ax)
     for i, row in enumerate(("clean", "adversarial", "perturbation")):
         axes[i][0].set_ylabel(row, fontsize=9)
     if title:

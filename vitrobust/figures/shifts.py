@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrobust.report.plots import plt, save_figure
+from vitrobust.figures.base import plt, save_figure
 
 
 def shift_accuracy_bars(accuracies: Mapping[str, Mapping[str, float]], path: str | Path,

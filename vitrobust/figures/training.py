@@ -1,27 +1,14 @@
-"""Matplotlib figures (Agg backend, PNG files) for reports."""
+"""Training curves from metrics.jsonl rows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG (creating the folder) and release it."""
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+from vitrobust.figures.base import plt, save_figure
 
 
 def training_curves(metrics: dict[str, list[dict]], path: Path) -> Path | None:
-    """Training loss per step and test accuracy per epoch, one line per run."""
+    """Training loss per step and test accuracy per epoch, one line per run ({run: metrics rows})."""
     if not any(metrics.values()):
         return None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -39,3 +26,6 @@ def training_curves(metrics: dict[str, list[dict]], path: Path) -> Path | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return save_figure(fig, path)
+
+
+__all__ = ["training_curves"]
