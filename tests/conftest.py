@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny on-disk datasets and a tiny model spec, so tests need no system data.
+"""Shared fixtures: tiny on-disk datasets and a tiny model spec, so most tests need no system data.
+
+- `FASHION_MNIST`: where the real Fashion-MNIST lies for the tests that train on it (the one place
+  that says so): Debian's package folder, else vitrobust's cache, as the loader looks for it.
 
 - `tiny_idx_root`: a Fashion-MNIST-format folder (gzipped IDX, 64 train / 32 test 28x28 images)
   whose pixel values and labels are given by `idx_arrays(split)` (also the `tiny_idx_arrays` fixture).
@@ -17,6 +20,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from vitrobust.data import fashion_mnist
+from vitrobust.errors import DatasetError
+
+
+def _fashion_mnist_root() -> Path:
+    try:
+        return fashion_mnist.find_root(None, download=False)
+    except DatasetError:  # not installed: the tests that need it fail with the loader's own message
+        return fashion_mnist.SYSTEM_ROOT
+
+
+FASHION_MNIST = _fashion_mnist_root()
 
 IDX_SIZES = {"train": 64, "test": 32}
 IDX_FILES = {

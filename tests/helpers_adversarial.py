@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 
 import torch
+from conftest import FASHION_MNIST
 from torch import nn
 
 from vitrobust.config import Config, load_config
@@ -19,7 +20,6 @@ from vitrobust.data import ImageSet, load_split
 from vitrobust.distributed import Dist
 from vitrobust.evaluate import EvalContext
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TRAIN_N, EPOCHS, BATCH = 3000, 3, 100
 
 

@@ -20,7 +20,6 @@ from vitrobust.train import train
 
 BIN = Path(sys.executable).parent
 TORCHRUN = BIN / "torchrun"
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 TRAIN_SUBSET, TEST_SUBSET, BATCH, EVAL_SUBSET = 256, 128, 32, 64
 STEPS_PER_EPOCH = TRAIN_SUBSET // BATCH
