@@ -17,7 +17,6 @@ from torch import nn
 from vitrobust.checkpoint import save_weights
 from vitrobust.config import load_config
 from vitrobust.data import ImageSet
-from vitrobust.errors import DatasetError
 from vitrobust.data.corruption_files import load_imagenet_c
 from vitrobust.data.corruptions import (
     GROUPS,
@@ -28,7 +27,7 @@ from vitrobust.data.corruptions import (
     corrupt_images,
     corruption_names,
 )
-from vitrobust.errors import InputError
+from vitrobust.errors import DatasetError, InputError
 from vitrobust.evaluate import SUITES, evaluate, evaluate_path
 from vitrobust.evaluate.corruptions import (
     ALEXNET_CLEAN_ERROR,
@@ -39,8 +38,8 @@ from vitrobust.evaluate.corruptions import (
     relative_corruption_errors,
     score,
 )
-from vitrobust.models import build_model
 from vitrobust.figures.corruptions import accuracy_vs_severity, mean_by_severity
+from vitrobust.models import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WNIDS = ["n01440764", "n01443537", "n01484850"]

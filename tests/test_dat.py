@@ -18,8 +18,8 @@ from vitrobust.config import ConfigError, load_config
 from vitrobust.data import Batch
 from vitrobust.errors import InputError
 from vitrobust.models import tokenizer_io, vqgan
-from vitrobust.objectives import dat as dat_module
 from vitrobust.objectives import ObjectiveContext, TrainState, build_objective
+from vitrobust.objectives import dat as dat_module
 from vitrobust.objectives.dat import DAT, DATParams
 from vitrobust.train import Trainer
 

@@ -18,8 +18,8 @@ from vitrobust.cli import main
 from vitrobust.data import load_split
 from vitrobust.errors import InputError
 from vitrobust.explain import UnsupportedModel, capture_attention, explain, relevance_map
-from vitrobust.figures.relevance import relevance_grid
 from vitrobust.explain.relevance import normalise, reference_relevance
+from vitrobust.figures.relevance import relevance_grid
 from vitrobust.models import build_model
 from vitrobust.models.io import load_model
 

@@ -1,26 +1,25 @@
 """ImageNet and distribution-shift loaders and benchmarks, on tiny folder trees with known labels.
 
-Every test image is one flat colour that encodes its ImageNet class (`colour`). `Oracle` decodes that
-colour and puts its top logit on the class, so it scores 100% exactly when labels, logit masks and
-class mappings are right; `Oracle(shift=1)` predicts the next class and must not. Trees hold only a
-few classes: the loaders accept any subset of a set's classes and keep the canonical labels.
+Every test image is one flat colour that encodes its ImageNet class; `Oracle` decodes that colour and
+scores 100% exactly when labels, logit masks and class mappings are right (tests/helpers_shifts.py
+holds the trees, the Oracle and the evaluation context).
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers_shifts import INDEX, LISTS, SIZE, WNIDS, Oracle, context, objectnet_tree, score, tree, write
 from PIL import Image
 from torchvision import transforms as T
 
 from vitrobust.config import ConfigError, DataConfig, load_config
-from vitrobust.data import DatasetError, ImageSet, load_split
+from vitrobust.data import DatasetError, load_split
 from vitrobust.data import imagenet as imagenet_module
-from vitrobust.data.imagenet import Preprocess, imagenet_wnids, load_imagenet_5k, resource
+from vitrobust.data.imagenet import Preprocess, load_imagenet_5k, resource
 from vitrobust.data.shifts import (
     load_imagenet_a,
     load_imagenet_r,
@@ -29,73 +28,8 @@ from vitrobust.data.shifts import (
     load_stylized_imagenet,
 )
 from vitrobust.errors import InputError
-from vitrobust.evaluate import BENCHMARKS, SUITES, run_suite
-from vitrobust.evaluate.core import EvalContext
-from vitrobust.evaluate.shifts import IMAGENET_SUITE, SHIFT_BENCHMARKS, predict_labels
-
-SIZE = 16
-LISTS = resource("imagenet_benchmarks.json")
-WNIDS = imagenet_wnids()
-INDEX = {wnid: i for i, wnid in enumerate(WNIDS)}
-
-
-def colour(c: int) -> tuple[int, int, int]:
-    """ImageNet class c as 16 levels per channel: a flat colour that survives resizing."""
-    return 16 * (c % 16) + 8, 16 * ((c // 16) % 16) + 8, 16 * (c // 256) + 8
-
-
-def write(path, c: int, size=(40, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour(c)).save(path)
-
-
-def tree(root, folders: dict[str, list[int]]):
-    """root/<folder>/<k>.png, one flat image per class index listed."""
-    for folder, classes in folders.items():
-        for k, c in enumerate(classes):
-            write(root / folder / f"{k}.png", c)
-    return root
-
-
-class Oracle(torch.nn.Module):
-    """Reads the class from the colour; `shift` predicts class + shift; `decoy` gets an even larger logit."""
-
-    input_shape = (3, SIZE, SIZE)
-
-    def __init__(self, shift: int = 0, decoy: int | None = None, constant: int | None = None):
-        super().__init__()
-        self.shift, self.decoy, self.constant = shift, decoy, constant
-        self.register_buffer("anchor", torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = ((x.mean((2, 3)) * 255 - 8) / 16).round().clamp(0, 15).long()
-        cls = (levels[:, 0] + 16 * levels[:, 1] + 256 * levels[:, 2] + self.shift) % 1000
-        if self.constant is not None:
-            cls = torch.full_like(cls, self.constant)
-        logits = torch.zeros(len(x), 1000)
-        logits[torch.arange(len(x)), cls] = 1.0
-        if self.decoy is not None:
-            logits[:, self.decoy] = 2.0
-        return logits
-
-
-def context(*overrides: str, **roots) -> EvalContext:
-    cfg = load_config(None, [f"evaluate.shifts.roots.{k}={v}" for k, v in roots.items()] + list(overrides))
-    dummy = ImageSet(
-        labels=torch.zeros(1, dtype=torch.long),
-        classes=["x"],
-        img_size=SIZE,
-        in_chans=3,
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-        images=torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8),
-    )
-    return EvalContext(cfg=cfg, data=dummy, device=torch.device("cpu"), batch_size=4)
-
-
-def score(model, ctx, name: str) -> dict:
-    return run_suite(model.eval(), name, ctx)[name]
-
+from vitrobust.evaluate import BENCHMARKS, SUITES
+from vitrobust.evaluate.shifts import SHIFT_BENCHMARKS, predict_labels
 
 # --- resources and preprocessing ---------------------------------------------------------------
 
@@ -236,18 +170,6 @@ def test_imagenet_5k_follows_robustbench_list(tmp_path, monkeypatch):
         load_imagenet_5k(val, Preprocess(SIZE))
 
 
-def objectnet_tree(root, with_mapping: bool = True):
-    """313 ObjectNet folder names thing_000..thing_312 (sorted = index order); images in three of them."""
-    names = [f"thing_{i:03d}" for i in range(313)]
-    if with_mapping:
-        (root / "mappings").mkdir(parents=True)
-        (root / "mappings" / "folder_to_objectnet_label.json").write_text(
-            json.dumps({n: n.upper() for n in names})
-        )
-    # ObjectNet class 1 <- ImageNet 409 and 530; class 2 <- ImageNet 414; class 0 overlaps no ImageNet class
-    return tree(root / "images", {"thing_001": [530, 409], "thing_002": [414], "thing_000": [5, 6, 7]})
-
-
 def test_objectnet_maps_predictions_and_skips_unmapped_classes(tmp_path):
     objectnet_tree(tmp_path / "objectnet-1.0")
     ctx = context(objectnet=tmp_path / "objectnet-1.0")
@@ -313,8 +235,9 @@ def test_model_must_output_imagenet_logits(tmp_path):
 
 
 def test_suites_and_shipped_config():
-    assert SUITES["imagenet"] == IMAGENET_SUITE
-    assert IMAGENET_SUITE[:2] == ["imagenet_5k", "imagenet_val"] and IMAGENET_SUITE[-1] == "autoattack"
+    imagenet = SUITES["imagenet"]  # cheap, likely-to-fail sets first; corruptions (minutes), AutoAttack (hours) last
+    assert imagenet == ["imagenet_5k", "imagenet_val", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch",
+                        "stylized_imagenet", "objectnet", "corruptions", "autoattack"]
     assert not set(SUITES["quick"]) & (set(SHIFT_BENCHMARKS) | {"imagenet_5k", "imagenet_val"})
     assert set(SUITES["shifts"]) == set(SHIFT_BENCHMARKS)
     assert all(

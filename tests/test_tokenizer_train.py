@@ -17,10 +17,10 @@ from vitrobust.config import ConfigError, load_config
 from vitrobust.data import load_split
 from vitrobust.models.tokenizer_io import load_tokenizer, save_tokenizer
 from vitrobust.models.vqgan import build_tokenizer
+from vitrobust.results import read_metrics
 from vitrobust.tokenizer import TokenizerTrainer, code_usage, evaluate_tokenizer, psnr, train_tokenizer
 from vitrobust.tokenizer.model import TrainingTokenizer
 from vitrobust.train import TrainingDiverged
-from vitrobust.results import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

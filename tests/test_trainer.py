@@ -26,8 +26,8 @@ from vitrobust.config import load_config
 from vitrobust.evaluate import evaluate_path
 from vitrobust.models.io import load_model
 from vitrobust.objectives.standard import Standard
-from vitrobust.train import Trainer, TrainingDiverged
 from vitrobust.results import read_metrics
+from vitrobust.train import Trainer, TrainingDiverged
 from vitrobust.train.loop import build_scheduler
 from vitrobust.train.trainer import STATE_FILE
 

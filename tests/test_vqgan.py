@@ -12,7 +12,14 @@ from vitrobust.attacks.straight_through import resolve_gradient, straight_throug
 from vitrobust.checkpoint import CheckpointError
 from vitrobust.errors import InputError, ModelError
 from vitrobust.models.tokenizer_io import infer_arch, load_tokenizer, read_meta, save_tokenizer
-from vitrobust.models.vqgan import PRESETS, AttnBlock, VectorQuantizer, VQTokenizer, build_tokenizer, resolve_arch
+from vitrobust.models.vqgan import (
+    PRESETS,
+    AttnBlock,
+    VectorQuantizer,
+    VQTokenizer,
+    build_tokenizer,
+    resolve_arch,
+)
 
 # 16 px RGB -> 8x8 codes, attention at the 8-px level; widths 32/64 work with taming's 32 GroupNorm groups
 TINY = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": 8,
