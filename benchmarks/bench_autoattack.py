@@ -16,31 +16,28 @@ vitrobust run directory / weights file given with --model-path.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
-from common import measure, print_table, write_result
+from common import fashion_mnist, measure, model_spec, parser, print_table, update, write_result
 from pyautoattack import AutoAttack
 
 from vitrobust.attacks import pgd_attack
 from vitrobust.attacks.autoattack import run_autoattack
-from vitrobust.config import DataConfig
-from vitrobust.data import BatchLoader, load_split
+from vitrobust.data import BatchLoader
 from vitrobust.models import build_model
 from vitrobust.models.io import load_model
 
-SPEC = {"name": "vit_pico_patch8_32", "num_classes": 10, "in_chans": 1, "img_size": 32, "patch_size": None,
-        "mean": "dataset", "std": "dataset", "drop_rate": 0.0, "drop_path_rate": 0.0,
-        "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2}}
+# the model trained when no --model-path is given (classes, channels, mean and std come from the data)
+MODEL = {"patch_size": None, "drop_rate": 0.0, "drop_path_rate": 0.0, "kwargs": {"embed_dim": 64, "depth": 2, "num_heads": 2}}
 
 
 def train_model(eps: float, adversarial: bool, train_images: int, seed: int = 0) -> tuple[torch.nn.Module, float]:
     """One epoch of AdamW (lr 2e-3, batch 128) on the first `train_images` training images."""
-    data = load_split(DataConfig(), "train").subset(train_images)
-    spec = {**SPEC, "mean": list(data.mean), "std": list(data.std)}
+    data = fashion_mnist("train", train_images)
+    spec = model_spec("vit_pico_patch8_32", data, **MODEL)
     torch.manual_seed(seed)
     model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
@@ -51,30 +48,24 @@ def train_model(eps: float, adversarial: bool, train_images: int, seed: int = 0)
             model.eval()
             x = pgd_attack(model, x, batch.y, eps=eps, steps=1, step_size=1.25 * eps)
             model.train()
-        loss = F.cross_entropy(model(x), batch.y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        update(opt, F.cross_entropy(model(x), batch.y))
     return model.eval(), time.perf_counter() - t0
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "autoattack", repeats=1, batch_size=None, threads=1,
+               helps={"batch_size": "default: n (one batch, one chunk)",
+                      "threads": "torch threads (1 is fastest for this small model)"})
     p.add_argument("--n", type=int, default=200, help="first n Fashion-MNIST test images")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     p.add_argument("--version", default="standard", choices=["standard", "plus", "rand", "custom"])
     p.add_argument("--attacks", nargs="*", default=None, help="version=custom: e.g. apgd-ce apgd-t")
-    p.add_argument("--batch-size", type=int, default=None, help="default: n (one batch, one chunk)")
     p.add_argument("--chunk", type=int, default=50, help="chunk size of the resumable case (0: skip that case)")
     p.add_argument("--model-path", default=None, help="a vitrobust run dir or weights file (default: train one)")
     p.add_argument("--standard-training", action="store_true", help="train without adversarial examples")
     p.add_argument("--train-images", type=int, default=60000)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--out", default=None)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
 
     train_s = None
     if args.model_path:
@@ -83,7 +74,7 @@ def main() -> None:
     else:
         model, train_s = train_model(args.eps, not args.standard_training, args.train_images)
         model_name = f"vit_pico_patch8_32 (width 64, depth 2), 1 epoch {'standard' if args.standard_training else 'PGD-1 adversarial'} training"
-    test = load_split(DataConfig(), "test").subset(args.n)
+    test = fashion_mnist("test", args.n)
     x = next(iter(BatchLoader(test, args.n, torch.device("cpu"), train=False, img_size=model.input_shape[-1]
                               if hasattr(model, "input_shape") else None))).x
     y = test.labels[: args.n].long()

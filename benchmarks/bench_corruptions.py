@@ -9,27 +9,23 @@ take at the measured rates.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import measure, print_table, write_result
+from common import img_per_s, measure, parser, print_table, report
 
 from vitrobust.data.corruptions import COMMON, GROUPS, CorruptionPool, corruption_names
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "corruptions", repeats=3, warmup=1)
     p.add_argument("--names", default="all", help="corruptions: common, extra, all, or comma-separated names")
     p.add_argument("--sizes", default="32,224", help="image sizes in px")
     p.add_argument("--n32", type=int, default=64, help="images per call at sizes below 100 px")
     p.add_argument("--n224", type=int, default=8, help="images per call at larger sizes")
     p.add_argument("--workers", type=int, default=2, help="worker processes of the parallel case")
     p.add_argument("--severity", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (each case once per round)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/corruptions.json)")
     args = p.parse_args()
 
     names = corruption_names(args.names if args.names in GROUPS else args.names.split(","))
@@ -54,7 +50,7 @@ def main() -> None:
         for pool in pools:
             pool.close()
 
-    ips = {key: images[key] / t["median_s"] for key, t in timings.items()}
+    ips = img_per_s(timings, images)
     rows, per_size = [], {}
     for size in sizes:
         for name in names:
@@ -91,7 +87,7 @@ def main() -> None:
         "pool_startup_s": startup,
         "timings": timings,
     }
-    print(f"\nwrote {write_result('corruptions', result, args.out)}")
+    report("corruptions", result, args.out)
 
 
 if __name__ == "__main__":

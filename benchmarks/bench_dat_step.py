@@ -7,7 +7,7 @@ The round trip is timed on its own so the ratio can be read without it: its cost
 tokenizer's layout, not on its weights, so a randomly initialised one of the chosen preset is used
 unless --tokenizer names a trained one.
 
-Cases, interleaved in one `measure` call (common.py): `standard` and `dat` are real `Trainer._step`
+Cases, interleaved in one `measure` call (common.py): `standard` and `dat` are real `Trainer.step`
 calls of the quickstart config (objective switched); `dat, Q = identity` is the same DAT step with the
 tokenizer swapped for the identity, which measures the step without its round trips directly (the
 difference dat - 2 x round trip is noisy when Q dominates); `Q round trip` is the DAT objective's own
@@ -16,16 +16,25 @@ difference dat - 2 x round trip is noisy when Q dominates); `Q round trip` is th
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_train_step import make_trainer, take_batches, trainer_step
-from common import measure, print_table, write_result
+from common import (
+    CONFIG,
+    cycle,
+    make_trainers,
+    measure,
+    parser,
+    print_table,
+    ratios_to,
+    report,
+    take_batches,
+    trainer_steps,
+)
 
-from vitrobust.models.vqgan import build_tokenizer, save_tokenizer
+from vitrobust.models.tokenizer_io import save_tokenizer
+from vitrobust.models.vqgan import build_tokenizer
 
 TARGET = 2.8  # standard steps, round trips excluded
 
@@ -36,19 +45,12 @@ class IdentityTokenizer(torch.nn.Module):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=5, help="timed rounds (one call of every case per round)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--model", default=None, help="model name (default: the quickstart model)")
+    p = parser(__doc__, "dat_step", steps=5, warmup=1, batch_size=128, model=None, threads=None,
+               helps={"steps": "timed rounds (one call of every case per round)"})
     p.add_argument("--tokenizer", default=None, help="tokenizer run dir/file (default: a random one of the preset)")
     p.add_argument("--tokenizer-preset", default="vq_f4_32px", help="layout of the random tokenizer")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/dat_step.json)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = args.tokenizer
@@ -56,32 +58,29 @@ def main() -> None:
             torch.manual_seed(0)
             tok = str(save_tokenizer(build_tokenizer(args.tokenizer_preset), Path(tmp) / "tok.safetensors"))
         dat_cfg = ["objective.name=dat", f"objective.tokenizer={tok}"]
-        standard = make_trainer(Path(tmp) / "standard", args.precision, args.batch_size, args.model)
-        dat = make_trainer(Path(tmp) / "dat", args.precision, args.batch_size, args.model, dat_cfg)
-        no_q = make_trainer(Path(tmp) / "no_q", args.precision, args.batch_size, args.model, dat_cfg)
-        no_q.objective.tokenizer = IdentityTokenizer()
+        trainers = make_trainers(tmp, {"standard": [], "dat": dat_cfg, "dat, Q = identity": dat_cfg},
+                                 args.precision, args.batch_size, args.model)
+        standard, dat = trainers["standard"], trainers["dat"]
+        trainers["dat, Q = identity"].objective.tokenizer = IdentityTokenizer()
         batches = take_batches(standard, args.steps + args.warmup)
         objective, model = dat.objective, dat.model
-        nxt = itertools.cycle(batches)
+        nxt = cycle(batches)
 
         def round_trip():
-            objective.quantize(next(nxt).x)
+            objective.quantize(nxt().x)
 
-        nxt_attack = itertools.cycle(batches)
+        nxt_attack = cycle(batches)
 
         def attack_pass():
-            b = next(nxt_attack)
+            b = nxt_attack()
             objective.attack(model, b.x, b.x, b)
 
-        cases = {"standard": trainer_step(standard, batches), "dat": trainer_step(dat, batches),
-                 "dat, Q = identity": trainer_step(no_q, batches), "Q round trip": round_trip,
-                 "attack pass": attack_pass}
+        cases = {**trainer_steps(trainers, batches), "Q round trip": round_trip, "attack pass": attack_pass}
         timings = measure(cases, warmup=args.warmup, repeats=args.steps)
         model_name = standard.cfg.model.name
         params = dat.cfg.objective
 
-    base = timings["standard"]["median_s"]
-    ratio = {name: t["median_s"] / base for name, t in timings.items()}
+    ratio = ratios_to(timings, "standard")
     without_q = ratio["dat"] - 2 * ratio["Q round trip"]
     ideal = 2 + ratio["attack pass"]
     rows = [[name, f"{timings[name]['median_s']:.3f}", f"{ratio[name]:.2f}"] for name in cases]
@@ -96,12 +95,12 @@ def main() -> None:
           f"identity ({'yes' if direct <= TARGET else 'no'}), {without_q:.2f} as dat - 2 round trips")
 
     result = {
-        "config": "quickstart/baseline", "model": model_name, "batch_size": bs, "precision": args.precision,
+        "config": CONFIG, "model": model_name, "batch_size": bs, "precision": args.precision,
         "tokenizer": args.tokenizer or f"random {args.tokenizer_preset}", "steps": args.steps,
         "warmup": args.warmup, "objective": params, "ratio_to_standard": ratio,
         "dat_without_round_trips": {"q_identity": direct, "dat_minus_2q": without_q}, "ideal": ideal, "target": TARGET, "timings": timings,
     }
-    print(f"wrote {write_result('dat_step', result, args.out)}")
+    report("dat_step", result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,25 @@ All cases run interleaved (see common.measure), so the ratios hold on a busy mac
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_train_step import make_trainer, take_batches, trainer_step
-from common import measure, print_table, write_result
+from common import (
+    fashion_mnist,
+    img_per_s,
+    make_trainer,
+    measure,
+    parser,
+    print_table,
+    report,
+    take_batches,
+    trainer_step,
+)
 
-from vitrobust.data import BatchLoader, load_split
+from vitrobust.data import BatchLoader
 from vitrobust.evaluate.core import EvalContext, clean
 
 AUGMENT = ["augment.crop=pad", "augment.hflip=true"]
@@ -47,7 +55,7 @@ def loader_pass(trainer, augment: bool, batches: int):
 def eval_cases(trainer, n_images: int, batch_size: int):
     """`clean(model, ctx)` and a bare no_grad loop over the same first n test images."""
     model = copy.deepcopy(trainer.model).eval()
-    data = load_split(trainer.cfg.data, "test").subset(n_images)
+    data = fashion_mnist("test", n_images, trainer.cfg.data)
     ctx = EvalContext(cfg=trainer.cfg, data=data, device=trainer.device, batch_size=batch_size)
     xs = (data.images.float() / 255).split(batch_size)
 
@@ -59,15 +67,11 @@ def eval_cases(trainer, n_images: int, batch_size: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=6, help="timed rounds (each case once per round)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p = parser(__doc__, "data", repeats=6, warmup=1, batch_size=128, model=None,
+               helps={"batch_size": "training batch size"})
     p.add_argument("--load-batches", type=int, default=25, help="loader batches per timed call")
     p.add_argument("--eval-images", type=int, default=1000, help="test images per evaluation call")
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: the config's (1000)")
-    p.add_argument("--model", default=None, help="model name (default: the quickstart model)")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/data.json)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +90,7 @@ def main() -> None:
     bs = args.batch_size
     images = {"load plain": bs * args.load_batches, "load crop=pad+hflip": bs * args.load_batches,
               "train step fp32": bs, "eval clean()": n_eval, "eval bare no_grad": n_eval}
-    ips = {name: images[name] / t["median_s"] for name, t in timings.items()}
+    ips = img_per_s(timings, images)
     step = ips["train step fp32"]
     ratios = {
         "load plain / step": step / ips["load plain"],
@@ -108,7 +112,7 @@ def main() -> None:
         "eval_images": n_eval, "repeats": args.repeats, "warmup": args.warmup, "img_per_s": ips,
         "ratios": ratios, "targets": targets, "meets_target": ok, "timings": timings,
     }
-    print(f"\nwrote {write_result('data', result, args.out)}")
+    report("data", result, args.out)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ layout (random weights: its cost does not depend on them).
 
 from __future__ import annotations
 
-import argparse
 import warnings
 
 import timm
 import torch
 import torch.nn.functional as F
-from common import measure, print_table, write_result
+from common import img_per_s, measure, parser, print_table, report, update
 from torch.utils.flop_counter import FlopCounterMode
 
 import vitrobust  # noqa: F401  (registers the Dr.ViTs and small ViTs in timm)
@@ -39,23 +38,15 @@ def train_step(model, x, y):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def run():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        update(opt, F.cross_entropy(model(x), y))
     return run
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "drvit_<size>", batch_size=128, steps=6, warmup=2, no_train=False, device="cpu",
+               helps={"steps": "timed calls per case", "no_train": "time the forward pass only"})
     p.add_argument("--size", default="pico_patch8_32", choices=sorted(SIZES), help="model size (default: quickstart's)")
-    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--in-chans", type=int, default=1, help="1 for Fashion-MNIST (default), 3 for RGB")
-    p.add_argument("--steps", type=int, default=6, help="timed calls per case")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-train", action="store_true", help="time the forward pass only")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/drvit_<size>.json)")
     args = p.parse_args()
 
     img = SIZES[args.size][0]
@@ -101,13 +92,13 @@ def main() -> None:
         "size": args.size, "models": names, "batch_size": args.batch_size, "in_chans": args.in_chans,
         "steps": args.steps, "warmup": args.warmup, "device": str(device), "tokenizer_arch": tokenizer.arch,
         "flops_per_image": flops, "params": params,
-        "img_per_s": {name: args.batch_size / t["median_s"] for name, t in timings.items()},
+        "img_per_s": img_per_s(timings, args.batch_size),
         "forward_time_over_vit": {k: ratio("forward", k) for k in (*models, "tokenizer")},
         "train_time_over_vit": {} if args.no_train else {k: ratio("train", k) for k in models},
         "flops_over_vit": {k: flops[k] / flops["vit"] for k in flops},
         "timings": timings,
     }
-    print(f"\nwrote {write_result(f'drvit_{args.size}', result, args.out)}")
+    report(f"drvit_{args.size}", result, args.out)
 
 
 if __name__ == "__main__":

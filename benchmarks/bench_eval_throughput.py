@@ -18,7 +18,6 @@ beat it only where spare cores exist (a GPU run), on a busy CPU they compete wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import measure, print_table, write_result
+from common import img_per_s, measure, parser, print_table, report
 from PIL import Image
 
 from vitrobust.config import load_config
@@ -90,21 +89,12 @@ def build_trees(root: Path, n: int, classes: int = 8) -> dict[str, Path]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--model", default="deit_tiny_patch16_224", help="timm model name (1000 classes, random init)"
-    )
+    p = parser(__doc__, "eval_throughput", model="deit_tiny_patch16_224", batch_size=64, threads=None,
+               device="cuda" if torch.cuda.is_available() else "cpu", repeats=3, warmup=1,
+               helps={"model": "timm model name (1000 classes, random init)"})
     p.add_argument("--images", type=int, default=128, help="images per set and per timed call")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="data.num_workers (default: all CPUs)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (each case once per round)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/eval_throughput.json)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     spec = {
         "name": args.model,
@@ -165,7 +155,7 @@ def main() -> None:
         }
         timings = measure(cases, warmup=args.warmup, repeats=args.repeats)
 
-    ips = {name: args.images / t["median_s"] for name, t in timings.items()}
+    ips = img_per_s(timings, args.images)
     ratios = {name: ips[name] / ips["bare"] for name in SETS}
     serial = 1 / (1 + ips["bare"] / ips["loader only (imagenet_val)"])
     title = (
@@ -201,7 +191,7 @@ def main() -> None:
         "meets_target": {k: v >= TARGET for k, v in ratios.items()},
         "timings": timings,
     }
-    print(f"\nwrote {write_result('eval_throughput', result, args.out)}")
+    report("eval_throughput", result, args.out)
 
 
 if __name__ == "__main__":

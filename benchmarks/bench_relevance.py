@@ -8,7 +8,7 @@ Maps: the same model and images through three implementations, interleaved in on
 - `reference`: the reference's algorithm (one call per block and the full N x N matrix R).
 The script asserts that all three give the same maps (up to float rounding) before it times them.
 
-Step: `Trainer._step` of the quickstart config with threshold masks, objective standard vs relevance,
+Step: `Trainer.step` of the quickstart config with threshold masks, objective standard vs relevance,
 same batches, interleaved; the ratio is the relevance median over the standard median. A relevance step
 is one forward, one autograd.grad through the network down to the first block's attention, and a
 backward through both, so its target is <= 3x a standard step.
@@ -16,13 +16,19 @@ backward through both, so its target is <= 3x a standard step.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-from pathlib import Path
 
 import torch
-from bench_train_step import make_trainer, take_batches, trainer_step
-from common import measure, print_table, write_result
+from common import (
+    make_trainers,
+    measure,
+    model_spec,
+    parser,
+    print_table,
+    report,
+    take_batches,
+    trainer_steps,
+)
 
 from vitrobust.explain.relevance import explain, reference_relevance
 from vitrobust.models import build_model
@@ -40,25 +46,17 @@ def map_cases(model, x: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vit_tiny_patch4_32", help="model for the maps (default: 12 blocks, 65 tokens)")
+    p = parser(__doc__, "relevance", model="vit_tiny_patch4_32", repeats=5, warmup=1, threads=None,
+               helps={"model": "model for the maps (default: 12 blocks, 65 tokens)", "repeats": "timed rounds"})
     p.add_argument("--map-batch", type=int, default=64, help="images per relevance call")
     p.add_argument("--step-batch", type=int, default=128, help="training batch size")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/relevance.json)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: make_trainer(Path(tmp) / name, "fp32", args.step_batch, None, [*MASKS, f"objective.name={name}"])
-                    for name in ("standard", "relevance")}
+        trainers = make_trainers(tmp, {name: [*MASKS, f"objective.name={name}"] for name in ("standard", "relevance")},
+                                 "fp32", args.step_batch)
         batches = take_batches(trainers["relevance"], args.repeats + args.warmup)
-        data = trainers["standard"].train_set
-        spec = {"name": args.model, "num_classes": data.num_classes, "in_chans": data.in_chans, "img_size": 32,
-                "mean": list(data.mean), "std": list(data.std)}
+        spec = model_spec(args.model, trainers["standard"].train_set)
         model = build_model(spec).eval()
         x = batches[0].x[: args.map_batch]
         if len(x) < args.map_batch:
@@ -70,8 +68,7 @@ def main() -> None:
             assert torch.allclose(m, maps["reference"], atol=1e-5), f"{name} differs from the reference: {diffs[name]}"
         assert torch.allclose(maps["single call"], maps["per-block calls"], atol=1e-6)
         map_times = measure(cases, warmup=args.warmup, repeats=args.repeats)
-        step_times = measure({name: trainer_step(t, batches) for name, t in trainers.items()},
-                             warmup=args.warmup, repeats=args.repeats)
+        step_times = measure(trainer_steps(trainers, batches), warmup=args.warmup, repeats=args.repeats)
         step_model = trainers["standard"].cfg.model.name
 
     n = len(x)
@@ -95,7 +92,7 @@ def main() -> None:
         "step_model": step_model, "step_batch": args.step_batch, "step_timings": step_times,
         "relevance_step_ratio": ratio, "step_target": STEP_TARGET, "repeats": args.repeats,
     }
-    print(f"\nwrote {write_result('relevance', result, args.out)}")
+    report("relevance", result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ for them with --presets and a small --batch.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import measure, print_table, write_result
+from common import img_per_s, measure, parser, print_table, report
 
 from vitrobust.config import TokenizerConfig, load_config
 from vitrobust.models.vqgan import PRESETS, build_tokenizer
@@ -48,27 +46,22 @@ def cases_for(preset: str, batch: int, train: bool) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, "tokenizer", batch_size=64, repeats=5, warmup=1, no_train=False)
     p.add_argument("--presets", default="vq_f4_32px", help=f"comma-separated, from {', '.join(PRESETS)}")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-train", action="store_true", help="skip the training step cases")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/tokenizer.json)")
     args = p.parse_args()
 
     presets = [name.strip() for name in args.presets.split(",") if name.strip()]
     cases = {}
     for preset in presets:
-        cases.update(cases_for(preset, args.batch, train=not args.no_train))
+        cases.update(cases_for(preset, args.batch_size, train=not args.no_train))
     timings = measure(cases, warmup=args.warmup, repeats=args.repeats)
-    ips = {name: args.batch / t["median_s"] for name, t in timings.items()}
+    ips = img_per_s(timings, args.batch_size)
     rows = [[name, SIZES[name.split()[0]], ips[name]] for name in cases]
     print_table(["case", "px", "img/s"], rows,
-                title=f"tokenizer throughput, batch {args.batch}, median of {args.repeats}, "
+                title=f"tokenizer throughput, batch {args.batch_size}, median of {args.repeats}, "
                       f"{torch.get_num_threads()} threads")
-    result = {"presets": presets, "batch": args.batch, "repeats": args.repeats, "img_per_s": ips, "timings": timings}
-    print(f"\nwrote {write_result('tokenizer', result, args.out)}")
+    result = {"presets": presets, "batch": args.batch_size, "repeats": args.repeats, "img_per_s": ips, "timings": timings}
+    report("tokenizer", result, args.out)
 
 
 if __name__ == "__main__":

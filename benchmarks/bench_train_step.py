@@ -1,51 +1,36 @@
 """Training throughput (images/s) of the quickstart model on Fashion-MNIST, fp32 vs bf16 (CPU autocast).
 
-Each precision is timed through the real `Trainer._step` and through a raw loop (forward,
+Each precision is timed through the real `Trainer.step` and through a raw loop (forward,
 cross-entropy, backward, AdamW) on a copy of the same model and the same batches, so the
 trainer's overhead shows as the ratio trainer/raw. All four cases run interleaved in one run.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import itertools
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import measure, print_table, write_result
+from common import (
+    CONFIG,
+    cycle,
+    img_per_s,
+    make_trainer,
+    measure,
+    parser,
+    print_table,
+    report,
+    take_batches,
+    trainer_step,
+    update,
+)
 
-from vitrobust.config import load_config
-from vitrobust.train.trainer import Trainer, autocast
+from vitrobust.train import Trainer
+from vitrobust.train.loop import autocast
 
-CONFIG = "quickstart/baseline"
 PRECISIONS = ("fp32", "bf16")
-
-
-def make_trainer(run_dir: Path, precision: str = "fp32", batch_size: int = 128, model: str | None = None,
-                 extra: list[str] | None = None) -> Trainer:
-    overrides = ["device=cpu", f"train.precision={precision}", f"data.batch_size={batch_size}", *(extra or [])]
-    if model:
-        overrides.append(f"model.name={model}")
-    return Trainer(load_config(CONFIG, overrides), run_dir, progress=False)
-
-
-def take_batches(trainer: Trainer, n: int) -> list:
-    trainer.loader.set_epoch(0)
-    return list(itertools.islice(trainer.loader, n))
-
-
-def _cycle(batches: list):
-    it = itertools.cycle(batches)
-    return lambda: next(it)
-
-
-def trainer_step(trainer: Trainer, batches: list):
-    """One call = one `Trainer._step` on the next batch."""
-    nxt = _cycle(batches)
-    return lambda: trainer._step(nxt())
 
 
 def raw_step(trainer: Trainer, batches: list):
@@ -53,26 +38,20 @@ def raw_step(trainer: Trainer, batches: list):
     model = copy.deepcopy(trainer.model).train()
     o, precision, device = trainer.cfg.optim, trainer.cfg.train.precision, trainer.device
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    nxt = _cycle(batches)
+    nxt = cycle(batches)
 
     def step():
         b = nxt()
         with autocast(device, precision):
             loss = F.cross_entropy(model(b.x).float(), b.y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        update(opt, loss)
 
     return step
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=8, help="timed steps per case (after warm-up)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per case first")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--model", default=None, help="model name (default: the quickstart model)")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/train_step.json)")
+    p = parser(__doc__, "train_step", steps=8, warmup=2, batch_size=128, model=None,
+               helps={"steps": "timed steps per case (after warm-up)", "warmup": "untimed steps per case first"})
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +65,7 @@ def main() -> None:
         model_name = trainers["fp32"].cfg.model.name
 
     bs = len(batches[0])
-    ips = {name: bs / t["median_s"] for name, t in timings.items()}
+    ips = img_per_s(timings, bs)
     rows = [[prec, ips[f"trainer {prec}"], ips[f"raw {prec}"], ips[f"trainer {prec}"] / ips[f"raw {prec}"]]
             for prec in PRECISIONS]
     bf16_vs_fp32 = {k: ips[f"{k} bf16"] / ips[f"{k} fp32"] for k in ("trainer", "raw")}
@@ -99,7 +78,7 @@ def main() -> None:
         "img_per_s": ips, "trainer_over_raw": {prec: row[3] for prec, row in zip(PRECISIONS, rows)},
         "bf16_over_fp32": bf16_vs_fp32, "timings": timings,
     }
-    print(f"\nwrote {write_result('train_step', result, args.out)}")
+    report("train_step", result, args.out)
 
 
 if __name__ == "__main__":
