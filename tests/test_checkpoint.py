@@ -351,5 +351,8 @@ def test_init_from_plain_timm_weights(tmp_path, tiny_spec, fmt):
 def test_init_from_unrelated_weights(tmp_path, tiny_spec):
     path = tmp_path / "other.safetensors"
     save_file({"encoder.weight": torch.ones(3, 3)}, str(path))
+    with pytest.raises(CheckpointError, match="no known checkpoint layout.*first keys: encoder.weight"):
+        init_from(fresh_model(tiny_spec), path)
+    save_file({"blocks.0.foo.weight": torch.ones(3, 3)}, str(path))  # timm-looking keys this model lacks
     with pytest.raises(CheckpointError, match="shares no tensor"):
         init_from(fresh_model(tiny_spec), path)

@@ -1,7 +1,8 @@
 """Safe, atomic checkpoints. Weights are safetensors; trainer state is loaded with weights_only=True.
 
 A vitrobust weights file carries the model spec (and the run's config) in its safetensors metadata,
-so `load_model(file)` rebuilds the model from the file alone. Nothing here unpickles objects.
+so `load_model(file)` rebuilds the model from the file alone. Nothing here runs code from a file:
+foreign torch files go through `load_torch_file`, which refuses pickled objects unless trusted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -85,3 +87,70 @@ def load_state(path: Path) -> dict:
             f"corrupt, truncated or holds pickled objects, which vitrobust never executes. Delete it to "
             f"restart the run from scratch."
         ) from None
+
+
+# --- foreign torch files -------------------------------------------------------------------
+
+
+class _Placeholder(dict):
+    """Stands in for any pickled object of a trusted checkpoint: keeps its data, runs none of its code."""
+
+    def __new__(cls, *args, **kwargs):
+        return dict.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def append(self, item):
+        self.setdefault("_items", []).append(item)
+
+    def extend(self, items):
+        self.setdefault("_items", []).extend(items)
+
+    # identity semantics: placeholders serve as dict keys (Lightning keys callback states by class)
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+def _placeholders(names: list[str]) -> list[tuple[type, str]]:
+    """One placeholder class per pickled global, registered under that global's dotted name."""
+    return [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {}), name) for name in names]
+
+
+def load_torch_file(path: str | Path, trust: bool = False, trust_hint: str = "pass trust=True") -> Any:
+    """A torch checkpoint's content, loaded without executing code from it.
+
+    `torch.load(weights_only=True)` reads tensors, numbers, strings and containers. A file that also
+    pickles objects (an argparse Namespace from timm's CheckpointSaver, Lightning's callbacks) is refused
+    unless `trust`; even then no code from the file runs: every object the safe loader does not know is
+    rebuilt as an inert placeholder that keeps its data. `trust_hint` says how the caller's user trusts a file.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        first = (str(err).splitlines() or [""])[0][:160]
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # not a torch.save file at all
+            unsafe = []
+        if not unsafe:
+            raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {first}); "
+                                  f"it is corrupt, truncated or not a checkpoint") from None
+    shown = ", ".join(unsafe[:4]) + (" ..." if len(unsafe) > 4 else "")
+    if not trust:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects ({shown}) besides its weights; vitrobust loads it only if "
+            f"you trust the file: {trust_hint}"
+        )
+    try:
+        with torch.serialization.safe_globals(_placeholders(unsafe)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: its pickled objects ({shown}) cannot be read even as placeholders "
+                              f"({type(err).__name__}: {str(err)[:160]}); re-save its state_dict with "
+                              f"torch.save(ckpt['state_dict'], 'weights.pt') where it was made") from None

@@ -62,12 +62,15 @@ def _same_layout(a: dict, b: dict) -> bool:
 
 
 def resolve_tokenizer(tokenizer: str | Path | VQTokenizer | None, preset: str | None, arch: dict | None,
-                      in_chans: int, default_preset: str, model: str, trust: bool = False) -> VQTokenizer:
+                      in_chans: int, default_preset: str, model: str, trust: bool = False,
+                      from_checkpoint: bool = False) -> VQTokenizer:
     """The model's own frozen, encoder-only tokenizer.
 
     A path is loaded; a missing path with a recorded `arch` (a saved model moved to another
-    machine) builds that layout, its weights then come from the model's checkpoint. Without a
-    path the tokenizer is random: fine for tests and the registry, useless for training.
+    machine) builds that layout, its weights then come from the model's checkpoint. With
+    `from_checkpoint` (an imported model whose file holds the tokenizer, e.g. easyrobust's Dr.ViT) the
+    recorded layout is built without a file. Otherwise, without a path the tokenizer is random: fine
+    for tests and the registry, useless for training.
     """
     arch = dict(arch or {})
     if isinstance(tokenizer, nn.Module):
@@ -86,6 +89,10 @@ def resolve_tokenizer(tokenizer: str | Path | VQTokenizer | None, preset: str | 
         else:
             raise ModelError(f"{model}: tokenizer file {path} does not exist; set model.kwargs.tokenizer to a "
                              f"tokenizer file (train one with `vitrobust tokenizer train`)")
+    elif from_checkpoint:
+        if not (preset or arch):
+            raise ModelError(f"{model}: tokenizer_from_checkpoint needs the layout (tokenizer_arch or tokenizer_preset)")
+        tok = build_tokenizer(preset, **arch)
     else:
         if not (preset or arch):
             preset, arch = default_preset, {"in_channels": in_chans, "out_ch": in_chans}
@@ -217,6 +224,7 @@ class DrViT(VisionTransformer):
     tokenizer: a tokenizer file or run directory (vitrobust.models.vqgan) or a VQTokenizer (copied).
     tokenizer_preset / tokenizer_arch: layout of a random tokenizer, or the preset of a taming .ckpt.
     trust_tokenizer: read a taming/Lightning .ckpt that also pickles objects (as inert placeholders).
+    tokenizer_from_checkpoint: the tokenizer's weights come with the model's weights (imported files).
     pixel_channels: width of the pixel part (reference 32) or "auto" (embed_dim - code dim, easyrobust).
     codebook_delta: learn a zero-initialised codebook correction (train it at lr/100: `param_groups`).
     head: "softmax" (cross-entropy) or "bce" (reference sigmoid loss; head bias starts at -6.9).
@@ -224,7 +232,8 @@ class DrViT(VisionTransformer):
     """
 
     def __init__(self, *, mode: str = "fusion", tokenizer=None, tokenizer_preset: str | None = None,
-                 tokenizer_arch: dict | None = None, trust_tokenizer: bool = False, pixel_channels: int | str = 32, codebook_delta: bool = False,
+                 tokenizer_arch: dict | None = None, trust_tokenizer: bool = False, tokenizer_from_checkpoint: bool = False,
+                 pixel_channels: int | str = 32, codebook_delta: bool = False,
                  head: str = "softmax", input_mean: Sequence[float] | None = None,
                  input_std: Sequence[float] | None = None, default_preset: str = DEFAULT_PRESETS[224],
                  name: str = "drvit", **vit_kwargs):
@@ -234,7 +243,7 @@ class DrViT(VisionTransformer):
             raise ModelError(f"{name}: head must be 'softmax' or 'bce', got {head!r}")
         in_chans = vit_kwargs.get("in_chans", 3)
         tok = resolve_tokenizer(tokenizer, tokenizer_preset, tokenizer_arch, in_chans, default_preset, name,
-                                trust_tokenizer)
+                                trust_tokenizer, tokenizer_from_checkpoint)
         embed = partial(DiscreteTokenEmbed, mode=mode, code_dim=tok.embed_dim, code_factor=tok.downsample,
                         n_codes=tok.n_embed, pixel_channels=pixel_channels, codebook_delta=codebook_delta,
                         input_mean=input_mean, input_std=input_std)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from vitrobust.checkpoint import FORMAT, load_state, read_weights
+from vitrobust.checkpoint import FORMAT, read_weights
 from vitrobust.errors import CheckpointError
 from vitrobust.models.build import build_model
 from vitrobust.models.classifier import ImageClassifier
-from vitrobust.models.formats import find_format, state_tensors
+from vitrobust.models.formats import find_format, read_checkpoint
 
 
 def weights_file(path: str | Path, ema: bool = False) -> Path:
@@ -65,13 +65,11 @@ def init_from(model: ImageClassifier, path: str | Path) -> dict:
     with a warning; returns {"loaded": n, "skipped": [...]}.
     """
     file = weights_file(path)
-    if file.suffix == ".safetensors":
-        tensors, _ = read_weights(file)
-    else:
-        tensors = state_tensors(load_state(file), str(file))
-    if not tensors:
+    found = read_checkpoint(file, trust_hint="convert it first with `vitrobust import FILE --trust --out "
+                                             "FILE.safetensors` (nothing from the file runs)")
+    if not found.tensors:
         raise CheckpointError(f"{file} holds no tensors")
-    tensors = find_format(tensors).to_classifier(tensors)
+    tensors = find_format(found).classifier_tensors(found)
     own = model.state_dict()
     keep = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
     if not keep:

@@ -1,10 +1,8 @@
 """Tokenizer files: vitrobust safetensors (layout in the metadata) and taming-transformers checkpoints.
 
-A taming/Lightning `.ckpt` is read with `torch.load(weights_only=True)`. Lightning checkpoints
-often also pickle objects (hyper-parameter Namespaces, callback classes); such a file is refused
-unless the caller passes `trust=True`. Even then no code from the file runs: every object the
-safe loader does not know is rebuilt as an inert placeholder (so pytorch_lightning need not be
-installed), and only the tensors under `state_dict` are used.
+A taming/Lightning `.ckpt` is read with `checkpoint.load_torch_file`: `torch.load(weights_only=True)`,
+and a file that also pickles objects (Lightning's hyper-parameter Namespaces, callback classes) only
+with `trust=True`, its objects rebuilt as inert placeholders; only the tensors under `state_dict` are used.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from vitrobust.checkpoint import atomic_write_bytes, read_weights
+from vitrobust.checkpoint import atomic_write_bytes, load_torch_file, read_weights
 from vitrobust.errors import CheckpointError, ModelError
 from vitrobust.models.vqgan import VQTokenizer, resolve_arch
 
@@ -25,6 +23,7 @@ TOKENIZER_FORMAT = "vitrobust-tokenizer-v1"
 WEIGHTS_NAME = "tokenizer.safetensors"
 TAMING_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 IGNORED_PREFIXES = ("loss.",)  # the discriminator and LPIPS of taming's training loss
+TRUST_HINT = "pass trust=True (config: --set tokenizer.trust_checkpoint=true)"
 
 
 def save_tokenizer(tokenizer: VQTokenizer, path: str | Path, meta: dict | None = None) -> Path:
@@ -75,64 +74,6 @@ def _weights_path(path: Path) -> Path:
     return path
 
 
-class _Placeholder(dict):
-    """Stands in for any pickled object of a trusted checkpoint: keeps its data, runs none of its code."""
-
-    def __new__(cls, *args, **kwargs):
-        return dict.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self.args = args
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def append(self, item):
-        self.setdefault("_items", []).append(item)
-
-    def extend(self, items):
-        self.setdefault("_items", []).extend(items)
-
-    # identity semantics: placeholders serve as dict keys (Lightning keys callback states by class)
-    __hash__ = object.__hash__
-    __eq__ = object.__eq__
-
-
-def _placeholders(names: list[str]) -> list[tuple[type, str]]:
-    """One placeholder class per pickled global, registered under that global's dotted name."""
-    return [(type(name.rsplit(".", 1)[-1], (_Placeholder,), {}), name) for name in names]
-
-
-def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
-    """A torch checkpoint's content, loaded without executing code from it (see the module doc)."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError, ...
-        first = (str(err).splitlines() or [""])[0][:160]
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # not a torch.save file at all
-            unsafe = []
-        if not unsafe:
-            raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {first}); "
-                                  f"it is corrupt, truncated or not a checkpoint") from None
-    shown = ", ".join(unsafe[:4]) + (" ..." if len(unsafe) > 4 else "")
-    if not trust:
-        raise CheckpointError(
-            f"{path} holds pickled Python objects ({shown}) besides its weights; vitrobust loads it only if "
-            f"you trust the file: pass trust=True (config: --set tokenizer.trust_checkpoint=true)"
-        )
-    try:
-        with torch.serialization.safe_globals(_placeholders(unsafe)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: its pickled objects ({shown}) cannot be read even as placeholders "
-                              f"({type(err).__name__}: {str(err)[:160]}); re-save its state_dict with "
-                              f"torch.save(ckpt['state_dict'], 'weights.pt') where it was made") from None
-
-
 def taming_state_dict(content: Any, path: Path) -> dict[str, torch.Tensor]:
     """The tokenizer tensors of a checkpoint: a Lightning dict's `state_dict` or a plain state dict."""
     state = content.get("state_dict", content) if isinstance(content, dict) else None
@@ -159,7 +100,7 @@ def infer_arch(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         mult = [tensors[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels)]
         n_embed, embed_dim = tensors["quantize.embedding.weight"].shape
         z_channels = tensors["quant_conv.weight"].shape[1]
-        out_ch = tensors["decoder.conv_out.weight"].shape[0]
+        out_ch = tensors["decoder.conv_out.weight"].shape[0] if "decoder.conv_out.weight" in tensors else in_channels
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"cannot read the tokenizer layout from the checkpoint's tensors (missing {err}); "
                               f"pass the preset it was trained with") from None
@@ -191,7 +132,7 @@ def load_tokenizer(path: str | Path, *, trust: bool = False, preset: str | None 
         else:
             tensors = taming_state_dict(tensors, path)
     else:
-        tensors = taming_state_dict(load_checkpoint(path, trust=trust), path)
+        tensors = taming_state_dict(load_torch_file(path, trust, TRUST_HINT), path)
     try:
         if saved_arch is not None:
             layout = resolve_arch(**saved_arch)
