@@ -55,6 +55,11 @@ class DataConfig(Section):
     root: str | None = None
     download: bool = False
     img_size: int | None = Field(None, description="resize to this size; default: the dataset's own size")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation resize rule of datasets read from image "
+                                   "files: shorter side to img_size / crop_pct, centre crop (default: the dataset's, "
+                                   "0.875 for ImageNet; imported models carry their own)")
+    interpolation: Literal["bilinear", "bicubic"] | None = Field(None, description="resize filter of that rule "
+                                                                  "(default: the dataset's, bilinear for ImageNet)")
     train_subset: int | None = Field(None, ge=1, description="first n training samples")
     test_subset: int | None = Field(None, ge=1, description="first n test samples")
     batch_size: int = Field(128, ge=1, description="global batch size (split across ranks)")
@@ -182,10 +187,12 @@ class ShiftConfig(Section):
                                          "imagenet (val; default data.root), imagenet_v2, imagenet_a, imagenet_r, "
                                          "imagenet_sketch, stylized_imagenet, objectnet, si_score")
     subset: int | None = Field(None, ge=1, description="first n images of each set (classes interleaved)")
-    crop_pct: float = Field(0.875, gt=0, le=1, description="resize the shorter side to img_size / crop_pct, then "
-                            "centre-crop (0.875: 256 -> 224, as RobustBench); Stylized-ImageNet is never resized")
-    interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize filter (bilinear: "
-                                                            "torchvision's default, used by RobustBench and RobustViT)")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="resize the shorter side to img_size / crop_pct, "
+                                   "then centre-crop; default data.crop_pct, else 0.875 (256 -> 224, as RobustBench); "
+                                   "Stylized-ImageNet is never resized")
+    interpolation: Literal["bilinear", "bicubic"] | None = Field(None, description="resize filter; default "
+                                                                  "data.interpolation, else bilinear (torchvision's "
+                                                                  "default, used by RobustBench and RobustViT)")
 
     @field_validator("roots")
     @classmethod

@@ -48,9 +48,11 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     load = DATASETS.get(cfg.name, key="data.name")
     masks = cfg.masks
     source = "train" if masks.split != "none" else split
-    key = (cfg.name, source, cfg.root, cfg.img_size, cfg.in_memory, json.dumps(cfg.options, sort_keys=True, default=str))
+    key = (cfg.name, source, cfg.root, cfg.img_size, cfg.in_memory, cfg.crop_pct, cfg.interpolation,
+           json.dumps(cfg.options, sort_keys=True, default=str))
     if key not in _CACHE:
         extra = {"options": cfg.options} if cfg.options else {}
+        extra.update({k: getattr(cfg, k) for k in ("crop_pct", "interpolation") if getattr(cfg, k) is not None})
         _CACHE[key] = load(
             source, root=cfg.root, download=cfg.download, img_size=cfg.img_size, in_memory=cfg.in_memory, **extra
         )

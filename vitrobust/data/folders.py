@@ -55,7 +55,10 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def decode(path: Path, size: int, crop_pct: float, channels: int) -> torch.Tensor:
+FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def decode(path: Path, size: int, crop_pct: float, channels: int, interpolation: str = "bicubic") -> torch.Tensor:
     """Decode, resize the shorter side to size/crop_pct, centre-crop size x size; uint8 CHW."""
     try:
         with Image.open(path) as img:
@@ -63,7 +66,7 @@ def decode(path: Path, size: int, crop_pct: float, channels: int) -> torch.Tenso
             short = round(size / crop_pct)
             w, h = img.size
             scale = short / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), FILTERS[interpolation])
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
@@ -76,7 +79,7 @@ def decode(path: Path, size: int, crop_pct: float, channels: int) -> torch.Tenso
 
 def load_image_folder(
     split: str, root: str | None = None, img_size: int | None = None, in_memory: bool = True,
-    in_chans: int = 3, crop_pct: float = 0.875, **_,
+    in_chans: int = 3, crop_pct: float | None = None, interpolation: str | None = None, **_,
 ) -> ImageSet:
     if root is None:
         raise DatasetError("imagefolder: set data.root to a folder holding train/ and val/ (or test/) class folders")
@@ -86,14 +89,15 @@ def load_image_folder(
         split_dir = base / "val"
     files, labels, classes = list_image_folder(split_dir)
     size = img_size or 224
-    pct = 1.0 if split == "train" else crop_pct  # training crops come from the augmentation
+    pct = 1.0 if split == "train" else (crop_pct or 0.875)  # training crops come from the augmentation
+    interp = interpolation or "bicubic"
 
     def read(i: int) -> torch.Tensor:
-        return decode(files[i], size, pct, in_chans)
+        return decode(files[i], size, pct, in_chans, interp)
 
     images = torch.stack([read(i) for i in range(len(files))]) if in_memory else None
     return ImageSet(
         labels=torch.tensor(labels, dtype=torch.int64), classes=classes, img_size=size, in_chans=in_chans,
         mean=IMAGENET_MEAN if in_chans == 3 else (0.5,), std=IMAGENET_STD if in_chans == 3 else (0.5,),
-        images=images, read=read, name="imagefolder", info={"root": str(split_dir)},
+        images=images, read=read, name="imagefolder", info={"root": str(split_dir), "crop_pct": pct},
     )

@@ -28,6 +28,7 @@ from vitrobust.data.folders import IMAGE_EXTENSIONS
 from vitrobust.errors import DatasetError
 
 IMAGENET_CLASSES = 1000
+DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION = 0.875, "bilinear"  # torchvision's Resize(256) + CenterCrop(224)
 MAX_IN_MEMORY = 20_000  # images (3 GB at 224 px): beyond that, decoding everything up front is a mistake
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
@@ -49,8 +50,8 @@ class Preprocess:
     a resize to the same size), which is the protocol for ImageNet-C and Stylized-ImageNet."""
 
     size: int
-    crop_pct: float = 0.875
-    interpolation: str = "bilinear"
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
     border: int = 0
 
     def __call__(self, path: str | Path) -> torch.Tensor:
@@ -146,7 +147,8 @@ def image_set(
         images=images,
         read=read,
         name=name,
-        info=info,
+        info={**info, "resize": {"size": preprocess.size, "crop_pct": preprocess.crop_pct,
+                                 "interpolation": preprocess.interpolation}},
     )
 
 
@@ -195,11 +197,14 @@ def load_imagenet(
     img_size: int | None = None,
     in_memory: bool = False,
     robustbench_5k: bool = False,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
     **_,
 ) -> ImageSet:
     """The `imagenet` dataset (and `imagenet_5k`: its test split is RobustBench's 5,000 images).
 
-    Labels are the canonical class indices (sorted wnids) even when only some classes are present.
+    Labels are the canonical class indices (sorted wnids) even when only some classes are present. The
+    test split is resized by `crop_pct` and `interpolation` (default: 256 -> 224 bilinear).
     """
     if root is None:
         raise DatasetError(
@@ -218,4 +223,5 @@ def load_imagenet(
             samples, imagenet_wnids(), Preprocess(size, 1.0), "imagenet", {"root": str(folder)}, in_memory
         )
     load = load_imagenet_5k if robustbench_5k else load_imagenet_val
-    return load(base, Preprocess(size), in_memory=in_memory)
+    preprocess = Preprocess(size, crop_pct or DEFAULT_CROP_PCT, interpolation or DEFAULT_INTERPOLATION)
+    return load(base, preprocess, in_memory=in_memory)

@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 
 from vitrobust.data import BatchLoader, ImageSet
-from vitrobust.data.imagenet import IMAGENET_CLASSES, Preprocess, load_imagenet_5k, load_imagenet_val
+from vitrobust.data.imagenet import (
+    DEFAULT_CROP_PCT,
+    DEFAULT_INTERPOLATION,
+    IMAGENET_CLASSES,
+    Preprocess,
+    load_imagenet_5k,
+    load_imagenet_val,
+)
 from vitrobust.data.shifts import (
     SI_SCORE_FACTORS,
     load_imagenet_a,
@@ -71,8 +78,9 @@ def preprocess(ctx: EvalContext, model: torch.nn.Module) -> Preprocess:
     """Decode straight to the size the model takes, with the configured resize/crop."""
     shape = getattr(model, "input_shape", None)
     size = shape[-1] if shape else (ctx.cfg.data.img_size or 224)
-    shifts = ctx.cfg.evaluate.shifts
-    return Preprocess(size, shifts.crop_pct, shifts.interpolation)
+    shifts, data = ctx.cfg.evaluate.shifts, ctx.cfg.data
+    return Preprocess(size, shifts.crop_pct or data.crop_pct or DEFAULT_CROP_PCT,
+                      shifts.interpolation or data.interpolation or DEFAULT_INTERPOLATION)
 
 
 @torch.no_grad()
@@ -128,6 +136,7 @@ def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
     def benchmark(model: torch.nn.Module, ctx: EvalContext) -> dict:
         data = loader(shift_root(ctx, key, name), preprocess(ctx, model), what=name)
         result = top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset))
+        result["resize"] = data.info.get("resize")  # the rule the images were read with
         if "skipped_unmapped" in data.info:
             result["skipped_unmapped"] = data.info["skipped_unmapped"]
         return result
@@ -156,6 +165,7 @@ def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
         "n": n,
         "factors": factors,
         "missing_factors": [factor for factor in SI_SCORE_FACTORS if factor not in sets],
+        "resize": next(iter(sets.values())).info.get("resize") if sets else None,
     }
 
 
