@@ -106,6 +106,46 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from vitrobust.models import import_checkpoint
+    from vitrobust.zoo import ZOO
+
+    model = import_checkpoint(args.checkpoint, args.out, format=args.format, arch=args.arch, zoo=args.zoo,
+                              trust=args.trust)
+    spec, pre = model.spec, model.spec.get("preprocess", {})
+    norm = f"mean {spec['mean']}, std {spec['std']}" if spec.get("mean") else "none ([0,1] input)"
+    say(f"imported {args.checkpoint} ({spec['imported']['format']} format) -> {args.out}",
+        f"  model: {spec['name']}, {spec['num_classes']} classes, {spec['img_size']} px, normalisation {norm}",
+        f"  resize: crop_pct {pre.get('crop_pct')}, {pre.get('interpolation')}",
+        *(f"  note: {n}" for n in spec["imported"].get("notes", [])))
+    suite = ZOO.get(args.zoo).suite if args.zoo else "clean"
+    say(f"next: vitrobust evaluate {args.out} --suite {suite} --set data.root=...")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from vitrobust.zoo import ZOO, describe
+
+    if args.entry:
+        e = ZOO.get(args.entry, key="zoo entry")
+        norm = "none ([0,1] input)" if e.mean is None else f"mean {e.mean}, std {e.std}"
+        threat = f"{e.threat['norm']} eps {e.threat['eps']:.5f}" if e.threat else "none"
+        say(e.name, f"  paper: {e.paper}", f"  file format: {e.format}; arch: {e.arch}; data: {e.dataset}",
+            f"  preprocessing: {e.img_size} px, crop_pct {e.crop_pct}, {e.interpolation}; normalisation {norm}",
+            f"  threat model: {threat}; suite: {e.suite}",
+            *(f"  published: {p.label}: {p.value}" + ("" if p.benchmark else " (not compared)")
+              for p in e.published),
+            f"  source: {e.source}", *([f"  notes: {e.notes}"] if e.notes else []),
+            f"import: vitrobust import FILE --zoo {e.name} --out {e.name}.safetensors")
+        return 0
+    say(describe(), "")
+    for _, e in ZOO.items():
+        numbers = ", ".join(f"{p.label} {p.value}" for p in e.published[:2]) or "no published number"
+        say(f"{e.name}", f"    {e.arch} ({e.format}), {e.dataset}: {numbers}")
+    say("", "details: vitrobust zoo ENTRY")
+    return 0
+
+
 def cmd_configs(args) -> int:
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
         name = path.relative_to(CONFIG_DIR).with_suffix("")
@@ -166,6 +206,21 @@ def parser() -> argparse.ArgumentParser:
     kt = ks.add_parser("train", help="train a VQGAN-layout tokenizer on a dataset; reports PSNR and code usage")
     add_training(kt, "tokenizer run")
     kt.set_defaults(func=cmd_tokenizer)
+
+    i = sub.add_parser("import", help="convert a released checkpoint (timm, RobustBench, light recipe, easyrobust "
+                                      "Dr.ViT, RobustViT) into a vitrobust weights file")
+    i.add_argument("checkpoint", help="the downloaded checkpoint (.pth, .pt, .bin, .safetensors)")
+    i.add_argument("--out", required=True, help="the vitrobust weights file to write (.safetensors)")
+    i.add_argument("--format", help="checkpoint format (default: detected from the keys)")
+    i.add_argument("--arch", help="timm model name (default: from --zoo or the format)")
+    i.add_argument("--zoo", help="a zoo entry (`vitrobust zoo`): arch, format and preprocessing, published numbers")
+    i.add_argument("--trust", action="store_true", help="read a file that pickles objects besides tensors "
+                                                        "(they are read as inert placeholders, nothing runs)")
+    i.set_defaults(func=cmd_import)
+
+    z = sub.add_parser("zoo", help="list the released models with published numbers")
+    z.add_argument("entry", nargs="?", help="show one entry in full")
+    z.set_defaults(func=cmd_zoo)
 
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=cmd_configs)

@@ -23,6 +23,7 @@ from vitrobust.evaluate.core import (
 )
 from vitrobust.models import count_flops, count_params, load_model, weights_file
 from vitrobust.results import read_results, write_results
+from vitrobust.zoo import ZOO, compare
 
 
 def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
@@ -59,8 +60,12 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
     meta = {"model": model.spec["name"], "params": count_params(model), "flops": count_flops(model),
             "dataset": cfg.data.name, "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name}
+    meta.update({k: model.spec[k] for k in ("zoo", "imported", "preprocess") if model.spec.get(k)})
+    zoo = ZOO.get(model.spec["zoo"]) if model.spec.get("zoo") in ZOO else None
 
     def save(name: str, entry: dict) -> None:  # each benchmark's entry as soon as it is done
+        if zoo is not None and (published := compare(zoo, name, entry)) is not None:
+            entry["published"] = published  # the paper's number beside ours (a zoo model)
         if dist.main:
             stamp = {"evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
             write_results(results_path, {name: entry}, {**meta, **stamp})

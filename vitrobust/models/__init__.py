@@ -7,7 +7,8 @@ from vitrobust.models.build import build_model, count_flops, count_params, model
 from vitrobust.models.classifier import ImageClassifier, Normalize
 from vitrobust.models.create import create_model
 from vitrobust.models.formats import CHECKPOINT_FORMATS
+from vitrobust.models.importer import import_checkpoint
 from vitrobust.models.io import init_from, load_model, weights_file
 
 __all__ = ["CHECKPOINT_FORMATS", "ImageClassifier", "ModelError", "Normalize", "build_model", "count_flops",
-           "count_params", "create_model", "init_from", "load_model", "model_spec", "weights_file"]
+           "count_params", "create_model", "import_checkpoint", "init_from", "load_model", "model_spec", "weights_file"]

@@ -179,6 +179,32 @@ def tokenizer(runs: list[Run]) -> Section:
     return sec
 
 
+def published(runs: list[Run]) -> Section:
+    """Zoo models: each published number beside the measured one (results.json's `published` fields)."""
+    sec = Section("published", "Published numbers")
+    rows = []
+    for run in runs:
+        for bench, entry in run.results.items():
+            pub = entry.get("published") if isinstance(entry, dict) else None
+            if not isinstance(pub, dict):
+                continue
+            ci, inside, diff = pub.get("ci95"), pub.get("inside_ci95"), number(pub.get("difference"))
+            rows.append([run.name, str(pub.get("label", bench)), fixed(pub.get("published")), fixed(pub.get("measured")),
+                         MISSING if diff is None else f"{diff:+.2f}",
+                         f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) else MISSING,
+                         MISSING if inside is None else ("yes" if inside else "no"), count(pub.get("n"))])
+            if pub.get("source"):
+                note = f"{run.name}: published numbers from {pub['source']} (zoo entry {pub.get('zoo')})"
+                if note not in sec.notes:
+                    sec.notes.append(note)
+    if rows:
+        header = ["run", "number", "published", "measured", "difference", "measured 95% CI", "published inside", "n"]
+        sec.tables.append(Table(header, rows, "Released models: the published number beside the measured one "
+                                              "(accuracies in %, mCE x100; interval: Wilson, on the n images measured)",
+                                text_columns=2))
+    return sec
+
+
 def listed_figures(runs: list[Run], sections: dict[str, Section]) -> None:
     """Add every figure a benchmark listed to its section; a listed file that is gone becomes a note."""
     for run in runs:
@@ -201,7 +227,7 @@ def build_sections(runs: list[Run], figures: Path, extra_figures: list[tuple[str
     curves = training_curves({run.name: run.metrics for run in runs}, figures / "report_training_curves.png")
     if curves:
         training.figures.append(("Training curves", curves))
-    secs = [training, adversarial(runs, figures), corruptions(runs, figures), shifts(runs, figures),
+    secs = [published(runs), training, adversarial(runs, figures), corruptions(runs, figures), shifts(runs, figures),
             relevance(runs), tokenizer(runs),
             Section("figures", "Other figures", figures=list(extra_figures))]
     listed_figures(runs, {s.id: s for s in secs})
