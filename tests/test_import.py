@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -486,3 +487,26 @@ def test_evaluate_and_report_show_published_beside_measured(tmp_path, monkeypatc
     report = build_report([out.parent])
     markdown = report.with_suffix(".md").read_text()
     assert "Published numbers" in markdown and "81.46" in markdown and f"{pub['difference']:+.2f}" in markdown
+
+
+def test_an_imported_model_is_explained_and_fine_tuned_from_like_any_run(timm_file, tmp_path):
+    """`vitrobust explain` reads the imported file's own config and resize rule; `model.init` takes every
+    tensor of it."""
+    from helpers_shifts import WNIDS, tree
+
+    from vitrobust.explain import explain_run
+    from vitrobust.models import build_model, init_from
+
+    net, path = timm_file
+    out = tmp_path / "model" / "vit.safetensors"
+    import_checkpoint(path, out, arch="vit_tiny_patch16_224")
+    root = tree(tmp_path / "imagenet" / "val", {WNIDS[1]: [1], WNIDS[2]: [2]}).parent
+    done = explain_run(out, 2, tmp_path / "maps", [f"data.root={root}", "data.name=imagenet"])
+    saved = torch.load(done["maps"], weights_only=True)
+    assert done["n"] == 2 and saved["maps"].shape == (2, 224, 224)  # maps at the input size the import recorded
+    assert torch.isfinite(saved["maps"]).all() and saved["maps"].abs().sum() > 0
+    assert done["figures"] and all(Path(f).is_file() for f in done["figures"])
+    fresh = build_model(load_model(out).spec)
+    assert init_from(fresh, out)["loaded"] == len(fresh.net.state_dict())  # the run keeps its own normalisation
+    x = images(224)
+    torch.testing.assert_close(logits_of(fresh.eval(), x), logits_of(load_model(out), x), rtol=0, atol=0)
