@@ -3,20 +3,74 @@ JSON object per line, written during training), and TensorBoard where it is inst
 
 Evaluation and training write these files; reports, sweeps and the quickstart read them. This
 module is a leaf: it imports only the atomic writer below it, so every room can use it.
+
+Several processes may write one file at once (evaluations of one run, a sweep's workers): every
+read-merge-write of results.json and every append to metrics.jsonl holds an inter-process file lock,
+`<file>.lock` beside the file (`locked`). The lock is reentrant within a thread, so code that holds
+`locked(path)` around its own read-modify-write may call `write_results` inside.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.errors import InputError
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+LOCK_SUFFIX = ".lock"
+LOCK_TIMEOUT_S = 120.0  # how long a writer waits for another process's lock before giving up
+
+_LOCKS: dict[tuple[int, str], FileLock] = {}  # one FileLock per (process, lock file): reentrant in a thread
+_LOCKS_GUARD = threading.Lock()
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a results or metrics file: `<name>.lock` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def _file_lock(lock_file: Path) -> FileLock:
+    # Keyed by pid too: a FileLock must not be used in a forked child.
+    key = (os.getpid(), os.path.abspath(lock_file))
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = FileLock(key[1])
+        return lock
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[FileLock]:
+    """Hold the inter-process lock of a results/metrics file (`<name>.lock`) for a read-modify-write.
+
+    Waits up to LOCK_TIMEOUT_S for another process, then raises an InputError. Reentrant within a thread:
+    `write_results` and `MetricsLog.log` inside the block take the same lock again without waiting."""
+    lock_file = lock_path(path)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = _file_lock(lock_file)
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise InputError(
+            f"{lock_file} is held by another vitrobust process (waited {LOCK_TIMEOUT_S:g} s); let it finish, "
+            f"or delete the lock file if no other vitrobust process runs"
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def read_results(path: str | Path) -> dict:
@@ -31,13 +85,22 @@ def read_results(path: str | Path) -> dict:
 
 
 def write_results(path: str | Path, results: dict, meta: dict | None = None) -> dict:
-    """Merge benchmark entries into results.json (atomically); other benchmarks' entries are kept."""
-    merged = read_results(path)
-    merged.update(results)
-    if meta:
-        merged["meta"] = {**merged.get("meta", {}), **meta}
-    atomic_write_text(Path(path), json.dumps(merged, indent=2, sort_keys=False))
+    """Merge benchmark entries into results.json (atomically, under `locked(path)`); other benchmarks'
+    entries are kept, and `meta` is merged into the stored meta."""
+    with locked(path):
+        merged = read_results(path)
+        merged.update(results)
+        if meta:
+            merged["meta"] = {**merged.get("meta", {}), **meta}
+        atomic_write_text(Path(path), json.dumps(merged, indent=2, sort_keys=False))
     return merged
+
+
+def update_results(path: str | Path, change, meta: dict | None = None) -> dict:
+    """Read results.json, merge in `change(current)` (top-level keys) and `meta`, write it back; the lock
+    is held throughout, so no other process writes between the read and the write."""
+    with locked(path):
+        return write_results(path, change(read_results(path)), meta)
 
 
 def _plain(value):
@@ -67,9 +130,10 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"kind": kind, "time": round(time.time(), 3), **{k: _plain(v) for k, v in values.items()}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with locked(self.path):  # creates the run dir; lines of concurrent processes never interleave
+            with self.path.open("a") as fh:
+                fh.write(line)
         if self.tb is not None and "step" in row:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("step", "time", "epoch"):
@@ -91,4 +155,5 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-__all__ = ["METRICS_FILE", "RESULTS_FILE", "MetricsLog", "read_metrics", "read_results", "write_results"]
+__all__ = ["LOCK_TIMEOUT_S", "METRICS_FILE", "RESULTS_FILE", "MetricsLog", "lock_path", "locked", "read_metrics",
+           "read_results", "update_results", "write_results"]
