@@ -57,10 +57,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from vitrobust.evaluate import evaluate_path
+    from vitrobust.evaluate import evaluate_path, is_skip
 
-    results, path = evaluate_path(args.path, args.suite, args.overrides, args.out, progress=say)
+    results, path = evaluate_path(args.path, args.suite, args.overrides, args.out, progress=say,
+                                  overwrite=args.overwrite)
     say(f"results: {path}")
+    if results and all(is_skip(entry) for entry in results.values()):
+        say("nothing was measured: " + "; ".join(f"{name}: {e['skipped']}" for name, e in results.items()))
+        return 1
     return 0
 
 
@@ -166,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--suite", default="clean", help="suite or comma-separated benchmarks (default: clean)")
     add_set(e)
     e.add_argument("--out", help="results file (default: results.json beside the weights)")
+    e.add_argument("--overwrite", action="store_true", help="replace stored results measured with other settings "
+                                                           "(default: keep both, the new one under variants)")
     e.set_defaults(func=cmd_evaluate)
 
     x = sub.add_parser("explain", help="relevance maps of the first test images, as overlay PNGs and a .pt file")

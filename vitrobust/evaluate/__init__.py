@@ -21,8 +21,9 @@ from vitrobust.evaluate.core import (
     register_benchmark,
     run_suite,
 )
+from vitrobust.evaluate.merge import is_skip, merge_overrides, place
 from vitrobust.models import count_flops, count_params, load_model, weights_file
-from vitrobust.results import read_results, write_results
+from vitrobust.results import read_results, update_results, write_results
 from vitrobust.zoo import ZOO, compare
 
 
@@ -48,32 +49,60 @@ def run_config(model: torch.nn.Module, overrides: list[str] | None = None, suite
 
 
 def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = None, out: str | Path | None = None,
-                  progress=None) -> tuple[dict, Path]:
-    """What `vitrobust evaluate` does: load, run the suite, merge into results.json (rank 0 writes)."""
+                  progress=None, overwrite: bool = False) -> tuple[dict, Path]:
+    """What `vitrobust evaluate` does: load, run the suite, merge into results.json (rank 0 writes).
+
+    The overrides each result was measured with are stored with it (`overrides`) and repeated when its
+    benchmark runs again, with the new ones on top, so a plain re-run measures what the first run
+    measured. A stored result is kept when the new one is a skip or was measured with other settings
+    (evaluate/merge.py) unless `overwrite`; each such decision is reported through `progress`.
+    """
     path = Path(path)
+    say = progress or (lambda line: None)
+    results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
+    stored = read_results(results_path)
+    recorded = merge_overrides(*(stored[name].get("overrides") or [] for name in expand_suite(suite)
+                                 if isinstance(stored.get(name), dict)))
+    used = merge_overrides(recorded, overrides or [])
     model = load_model(path)
-    cfg = run_config(model, overrides, suite)
+    cfg = run_config(model, used, suite)
     if cfg.evaluate.use_ema:
         model = load_model(path, ema=True)
     dist = setup_distributed(cfg.device)
+    if not dist.main:
+        say = lambda line: None  # noqa: E731
+    if recorded:
+        say(f"repeating the settings the stored results were measured with: {' '.join(recorded)}")
     model.to(dist.device)
-    results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
     meta = {"model": model.spec["name"], "params": count_params(model), "flops": count_flops(model),
             "dataset": cfg.data.name, "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name}
     meta.update({k: model.spec[k] for k in ("zoo", "imported", "preprocess") if model.spec.get(k)})
     zoo = ZOO.get(model.spec["zoo"]) if model.spec.get("zoo") in ZOO else None
+    data = {"name": cfg.data.name, **({"options": cfg.data.options} if cfg.data.options else {}),
+            **({"masks": cfg.data.masks.source} if cfg.data.masks.source != "none" else {})}
 
     def save(name: str, entry: dict) -> None:  # each benchmark's entry as soon as it is done
+        entry.update(data=data, overrides=used)
         if zoo is not None and (published := compare(zoo, name, entry)) is not None:
             entry["published"] = published  # the paper's number beside ours (a zoo model)
-        if dist.main:
-            stamp = {"evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
-            write_results(results_path, {name: entry}, {**meta, **stamp})
+        if not dist.main:
+            return
+        notes = []
+
+        def change(stored: dict) -> dict:
+            placed = place(stored, name, entry, overwrite)
+            notes.append(placed.note)
+            return placed.updates
+
+        stamp = {"evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
+        update_results(results_path, change, {**meta, **stamp})
+        if notes[0]:
+            say(notes[0])
 
     results = evaluate(model, suite, cfg=cfg, device=dist.device, out_dir=results_path.parent / "figures",
-                       progress=progress if dist.main else None, on_result=save)
+                       progress=say, on_result=save)
     return results, results_path
 
 
-__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "predict",
-           "read_results", "register_benchmark", "run_config", "write_results"]
+__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "is_skip",
+           "predict", "read_results", "register_benchmark", "run_config", "write_results"]

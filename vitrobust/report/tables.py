@@ -177,8 +177,14 @@ class Leaderboard:
         return Table(self.header, rows, bold=self.best(), text_columns=2)
 
     def notes(self) -> list[str]:
-        """Where a column compares numbers measured on different sample counts."""
+        """Where a column compares numbers measured on different sample counts, and which runs also hold
+        results measured with other settings (results.json `variants`: not shown, the main ones are)."""
         out = []
+        for run in self.runs:
+            variants = run.results.get("variants")
+            if isinstance(variants, dict) and variants:
+                out.append(f"{run.name}: the tables use its main results; also stored with other settings "
+                           f"(results.json variants): {', '.join(sorted(variants))}")
         for col in self.columns:
             counts = {run.name: n for run in self.runs if (n := col.n(run)) is not None}
             if len(set(counts.values())) > 1:
