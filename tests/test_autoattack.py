@@ -16,7 +16,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from vitrobust.attacks import pgd_attack
-from vitrobust.attacks.autoattack import AutoAttackSpec, run_autoattack
+from vitrobust.attacks.autoattack import FIRST_PIECE, AutoAttackSpec, run_autoattack
 from vitrobust.attacks.straight_through import attack_gradients, resolve_gradient, straight_through
 from vitrobust.errors import InputError
 from vitrobust.registry import ATTACK_ENGINES
@@ -324,3 +324,40 @@ def test_straight_through_unmasks_a_quantizing_model(model, images):
     assert exact.robust_top1 > auto.robust_top1 + 0.3
     assert math.isclose(exact.clean_top1, clean) and math.isclose(auto.clean_top1, clean)
     assert q[0].straight_through is False  # restored after the attack
+
+
+def test_a_chunk_is_saved_in_timed_pieces_and_an_interrupted_chunk_resumes_inside(model, images, tmp_path,
+                                                                                  authors_engine):
+    """With checkpoint_seconds a chunk is attacked in pieces (the first of FIRST_PIECE images, then as many as
+    fit in the time), each saved when done; a run killed inside the chunk resumes with its other samples."""
+    x, y = images[0][:40], images[1][:40]
+    kw = dict(eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=40, progress=tmp_path)
+    real, swap = authors_engine
+    sizes = []
+
+    def killed_after_first_piece(model_, xc, *args, **kwargs):
+        if sizes:
+            raise KeyboardInterrupt("killed")
+        sizes.append(len(xc))
+        return real(model_, xc, *args, **kwargs)
+
+    swap(killed_after_first_piece)
+    with pytest.raises(KeyboardInterrupt):
+        run_autoattack(model, x, y, checkpoint_seconds=1e-9, **kw)  # every later piece: one image
+    (progress,) = tmp_path.glob("*.json")
+    assert sizes == [FIRST_PIECE] and sorted(int(i) for i in json.loads(progress.read_text())["samples"]) == \
+        list(range(FIRST_PIECE))
+
+    later = []
+
+    def counted(model_, xc, *args, **kwargs):
+        later.append(len(xc))
+        return real(model_, xc, *args, **kwargs)
+
+    swap(counted)
+    resumed = run_autoattack(model, x, y, checkpoint_seconds=3600, **kw)  # a first piece, then the rest at once
+    assert later == [FIRST_PIECE, 40 - 2 * FIRST_PIECE] and sorted(resumed.samples) == list(range(40))
+    assert resumed.attacked == [0] and resumed.robust_top1 <= resumed.clean_top1
+    later.clear()
+    tiny = run_autoattack(model, x, y, checkpoint_seconds=1e-9, **{**kw, "progress": tmp_path / "other"})
+    assert later == [FIRST_PIECE] + [1] * (40 - FIRST_PIECE) and sorted(tiny.samples) == list(range(40))

@@ -222,6 +222,8 @@ class EvaluateConfig(Section):
     suite: str = "clean"
     subset: int | None = Field(None, ge=1, description="first n test samples")
     use_ema: bool = False
+    checkpoint_seconds: float = Field(120.0, gt=0, description="long evaluations (AutoAttack, corruptions, shift "
+                                      "sets) save their progress at least this often, so an interrupted one resumes")
     attack: AttackConfig = Field(default_factory=AttackConfig)
     corruptions: CorruptionConfig = Field(default_factory=CorruptionConfig)
     shifts: ShiftConfig = Field(default_factory=ShiftConfig)

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,13 +385,17 @@ def autoattack_chunks(
     model: torch.nn.Module, chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n: int,
     spec: AutoAttackSpec, *, gradient: str = "auto", progress: str | Path | None = None, rank: int = 0,
     world: int = 1, gather: bool = True, verbose: bool = False, on_chunk: ChunkCallback | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> AutoAttackResult:
     """Attack `chunks` of (indices, images, labels) out of an evaluation set of n images.
 
     Each chunk must hold the consecutive indices k*batch_size ... of chunk k (this rank's chunks
-    only). Chunks already in the progress files are skipped. With `gather` the per-sample results
+    only). Samples already in the progress files are skipped (a chunk interrupted half-way resumes with
+    its other half). With `checkpoint_seconds` a chunk is attacked in pieces sized from the measured speed
+    to end within that time, each saved when done (without it: one piece per chunk, as the authors' code
+    attacks a batch). With `gather` the per-sample results
     of every rank are collected (collective call: every rank must call it) and cover all n images.
-    `on_chunk(indices, x, x_adv, records)` is called after each newly attacked chunk.
+    `on_chunk(indices, x, x_adv, records)` is called after each newly attacked piece.
     """
     model_in_eval_mode(model)
     mode = resolve_gradient(model, gradient)
@@ -399,6 +404,7 @@ def autoattack_chunks(
     store = ProgressStore(progress, key, rank, world)
     samples = store.load()
     attacked, resumed, messages = [], [], []
+    seconds_per_image = None  # measured on the pieces attacked so far
     for index, x, y in chunks:
         index = index.cpu()
         chunk = int(index[0]) // spec.batch_size
@@ -406,21 +412,31 @@ def autoattack_chunks(
         if not torch.equal(index, expected):
             raise InputError(f"chunk {chunk} must hold samples {int(expected[0])}..{int(expected[-1])} in order "
                              f"(chunks of batch_size={spec.batch_size} consecutive images)")
-        if all(i in samples for i in index.tolist()):
-            wrong = [i for i, label in zip(index.tolist(), y.tolist()) if samples[i]["label"] != label]
-            if wrong:
-                raise InputError(f"progress file {store.path} has other labels for samples {wrong[:5]}: it was written "
-                                 f"for other images; delete it to start over")
+        wrong = [i for i, label in zip(index.tolist(), y.tolist()) if i in samples and samples[i]["label"] != label]
+        if wrong:
+            raise InputError(f"progress file {store.path} has other labels for samples {wrong[:5]}: it was written "
+                             f"for other images; delete it to start over")
+        todo = torch.tensor([i not in samples for i in index.tolist()])
+        if not todo.any():
             resumed.append(chunk)
             continue
         check_eps(spec.eps, spec.norm, x)
-        records, x_adv, log = engine(model, x, y, spec, gradient=mode, verbose=verbose)
-        samples.update(zip(index.tolist(), records))
-        messages += [m for m in log if m not in messages]
+        idx, xs, ys = index[todo], x[todo.to(x.device)], y[todo.to(y.device)]
+        start = 0
+        while start < len(idx):  # pieces sized to end within checkpoint_seconds (one piece without it)
+            size = len(idx) if checkpoint_seconds is None else piece_size(seconds_per_image, checkpoint_seconds,
+                                                                           len(idx) - start)
+            stop = start + size
+            t0 = time.perf_counter()
+            records, x_adv, log = engine(model, xs[start:stop], ys[start:stop], spec, gradient=mode, verbose=verbose)
+            seconds_per_image = (time.perf_counter() - t0) / size
+            samples.update(zip(idx[start:stop].tolist(), records))
+            messages += [m for m in log if m not in messages]
+            if on_chunk is not None:
+                on_chunk(idx[start:stop], xs[start:stop], x_adv, records)
+            store.save(samples)
+            start = stop
         attacked.append(chunk)
-        if on_chunk is not None:
-            on_chunk(index, x, x_adv, records)
-        store.save(samples)
     if gather:
         parts = all_gather_objects((samples, messages))
         samples = {i: rec for part, _ in parts for i, rec in part.items()}
@@ -437,6 +453,16 @@ def autoattack_chunks(
                             messages=messages, progress_path=store.path)
 
 
+FIRST_PIECE = 16  # images in the first piece of a run that checkpoints by time (its speed is not known yet)
+
+
+def piece_size(seconds_per_image: float | None, checkpoint_seconds: float, left: int) -> int:
+    """Images in the next piece: as many as fit in checkpoint_seconds at the measured speed."""
+    if seconds_per_image is None:
+        return min(left, FIRST_PIECE)
+    return max(1, min(left, int(checkpoint_seconds / max(seconds_per_image, 1e-9))))
+
+
 def shard_chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int, rank: int = 0, world: int = 1,
                  device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """This rank's chunks (k % world == rank) of in-memory images."""
@@ -451,6 +477,7 @@ def run_autoattack(
     version: str = "standard", attacks: Iterable[str] | None = None, seed: int = 0, batch_size: int = 250,
     gradient: str = "auto", device: torch.device | str | None = None, progress: str | Path | None = None,
     rank: int = 0, world: int = 1, gather: bool = True, verbose: bool = False, on_chunk: ChunkCallback | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> AutoAttackResult:
     """AutoAttack on in-memory [0,1] images `x` (N x C x H x W) with labels `y`.
 
@@ -466,7 +493,7 @@ def run_autoattack(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     chunks = shard_chunks(x, y.long(), batch_size, rank, world, device)
     return autoattack_chunks(model, chunks, len(x), spec, gradient=gradient, progress=progress, rank=rank, world=world,
-                             gather=gather, verbose=verbose, on_chunk=on_chunk)
+                             gather=gather, verbose=verbose, on_chunk=on_chunk, checkpoint_seconds=checkpoint_seconds)
 
 
 __all__ = ["ATTACKS", "VERSIONS", "AutoAttackResult", "AutoAttackSpec", "ProgressStore", "attack_chunk",

@@ -258,7 +258,8 @@ def run_autoattack_benchmark(model: torch.nn.Module, ctx: EvalContext, data: Ima
     chunks = ((b.index, b.x, b.y) for b in _loader(ctx, data, batch_size))
     progress = ctx.out_dir / "progress" if ctx.out_dir is not None else None
     result = autoattack_chunks(model, chunks, len(data), spec, gradient=a.gradient, progress=progress,
-                               rank=ctx.dist.rank, world=ctx.dist.world, verbose=a.verbose, on_chunk=keep_examples)
+                               rank=ctx.dist.rank, world=ctx.dist.world, verbose=a.verbose, on_chunk=keep_examples,
+                               checkpoint_seconds=ctx.cfg.evaluate.checkpoint_seconds)
     return result, (shown[0] if shown else None)
 
 

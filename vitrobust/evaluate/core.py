@@ -14,6 +14,8 @@ from vitrobust.config import Config
 from vitrobust.data import BatchLoader, ImageSet
 from vitrobust.distributed import Dist, all_gather_objects, current
 from vitrobust.errors import InputError, suggest
+from vitrobust.evaluate.progress import PredictionStore, progress_dir
+from vitrobust.evaluate.progress import clear as clear_progress
 from vitrobust.registry import Registry
 from vitrobust.results import read_results
 
@@ -31,9 +33,11 @@ class EvalContext:
     out_dir: Path | None = None  # where figures go
     batch_size: int = 500
 
-    def loader(self, data: ImageSet | None = None) -> BatchLoader:
+    def loader(self, data: ImageSet | None = None, img_size: int | None = None) -> BatchLoader:
+        """This rank's share of `data` (default: the split) in batches, resized to `img_size` (default
+        data.img_size of the config)."""
         return BatchLoader(data or self.data, self.batch_size, self.device, train=False,
-                           img_size=self.cfg.data.img_size, rank=self.dist.rank, world=self.dist.world,
+                           img_size=img_size or self.cfg.data.img_size, rank=self.dist.rank, world=self.dist.world,
                            num_workers=self.cfg.data.num_workers)
 
 
@@ -106,19 +110,38 @@ def expand_suite(suite: str) -> list[str]:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, ctx: EvalContext, data: ImageSet | None = None,
-            transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-1 predictions and labels for every sample in dataset order, sharded over ranks."""
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None, *, key: dict | None = None,
+            decide: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            img_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and labels for every sample in dataset order, sharded over ranks.
+
+    `decide(logits)` turns logits into predictions (default: argmax). With a `key` (what identifies the
+    pass besides the model and labels) the predictions are saved as they come (evaluate/progress.py)
+    and a pass interrupted before resumes with the samples it had not reached.
+    """
     data = data or ctx.data
+    store = None if key is None else PredictionStore(progress_dir(ctx.out_dir), key, model, data.labels,
+                                                     ctx.cfg.evaluate.checkpoint_seconds, ctx.dist.rank)
+    positions = store.remaining(len(data)) if store is not None and store.preds else None
+    todo = data if positions is None else data.select(positions)
     idx_parts, pred_parts = [], []
-    for batch in ctx.loader(data):
+    for batch in ctx.loader(todo, img_size) if len(todo) else ():
         x = transform(batch.x) if transform else batch.x
-        pred_parts.append(model(x).argmax(-1).cpu())
-        idx_parts.append(batch.index)
+        logits = model(x)
+        pred = (decide(logits) if decide else logits.argmax(-1)).cpu()
+        index = batch.index.cpu() if positions is None else positions[batch.index.cpu()]
+        pred_parts.append(pred)
+        idx_parts.append(index)
+        if store is not None:
+            store.add(index, pred)
+    if store is not None:
+        store.save()
     local = (torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long),
              torch.cat(pred_parts) if pred_parts else torch.empty(0, dtype=torch.long))
     gathered = all_gather_objects(local)
-    index = torch.cat([g[0] for g in gathered])
-    preds = torch.cat([g[1] for g in gathered])
+    saved = store.preds if store is not None else {}
+    index = torch.cat([torch.tensor(list(saved), dtype=torch.long), *(g[0] for g in gathered)])
+    preds = torch.cat([torch.tensor(list(saved.values()), dtype=torch.long), *(g[1] for g in gathered)])
     order = torch.argsort(index)
     return preds[order], data.labels[index[order]]
 
@@ -132,7 +155,8 @@ def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
 def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None,
               on_result: Callable[[str, dict], None] | None = None) -> dict:
     """Run each benchmark of the suite; `on_result(name, entry)` after each (results.json is written
-    as the suite goes, so a long suite that fails late keeps what it finished)."""
+    as the suite goes, so a long suite that fails late keeps what it finished). A benchmark's saved
+    predictions (evaluate/progress.py) are deleted once `on_result` has stored its entry."""
     if model.training:
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
     names = expand_suite(suite)
@@ -144,8 +168,11 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
         t0 = time.perf_counter()
         results[name] = BENCHMARKS.get(name).run(model, ctx)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        done = time.time()
         if on_result:
             on_result(name, results[name])
+        if ctx.dist.main:
+            clear_progress(ctx.out_dir, before=done)
         if progress:
             progress(f"{name}: {summarize(name, results[name])}")
     return results

@@ -314,8 +314,9 @@ def _published(c: CorruptionConfig, data: ImageSet, names: list[str], severities
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def _top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet) -> float:
-    preds, labels = predict(model, ctx, data)
+def _top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, **key) -> float:
+    """Top-1 on one (corrupted) set; its predictions are saved as they come under `key` (core.predict)."""
+    preds, labels = predict(model, ctx, data, key={"benchmark": "corruptions", **key})
     return (preds == labels).float().mean().item() if len(labels) else math.nan
 
 
@@ -327,7 +328,7 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     if not len(data):
         raise InputError("the evaluation split is empty: nothing to corrupt")
     ref = resolve_reference(ctx, c, names, severities, len(data))  # fail before hours of work
-    clean_top1 = _top1(model, ctx, data)
+    clean_top1 = _top1(model, ctx, data, corruption="none")
     timer = {"seconds": 0.0, "images": 0}
     sets = (
         _generated(ctx, c, data, names, severities, timer)
@@ -341,7 +342,8 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     ) as bar:
         for name, severity, corrupted in sets:
             bar.set_postfix_str(f"{name} {severity}")
-            per_corruption[name][str(severity)] = _top1(model, ctx, corrupted)
+            per_corruption[name][str(severity)] = _top1(model, ctx, corrupted, corruption=name, severity=severity,
+                                                        source=c.source, seed=c.seed, root=c.root)
             bar.update()
     accs = [v for accs in per_corruption.values() for v in accs.values()]
     out = {"mean_top1": sum(accs) / len(accs), "clean_top1": clean_top1}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vitrobust.data import BatchLoader, ImageSet
+from vitrobust.data import ImageSet
 from vitrobust.data.imagenet import (
     DEFAULT_CROP_PCT,
     DEFAULT_INTERPOLATION,
@@ -38,9 +38,8 @@ from vitrobust.data.shifts import (
     load_si_score,
     load_stylized_imagenet,
 )
-from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import DatasetError, InputError
-from vitrobust.evaluate.core import EvalContext, register_benchmark
+from vitrobust.evaluate.core import EvalContext, predict, register_benchmark
 from vitrobust.shift_sets import BY_BENCHMARK, IMAGENET_DATA, LAYOUTS, SHIFT_BENCHMARKS, SHIFT_SETS
 
 # the loader of each single-set benchmark (si_score, several sets, is registered below on its own)
@@ -84,50 +83,33 @@ def preprocess(ctx: EvalContext, model: torch.nn.Module) -> Preprocess:
 
 
 @torch.no_grad()
-def predict_labels(
-    model: torch.nn.Module, ctx: EvalContext, data: ImageSet
-) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_labels(model: torch.nn.Module, ctx: EvalContext, data: ImageSet,
+                   key: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions in the set's label space (see vitrobust.data.shifts) and labels, in dataset order.
 
     Sharded over ranks like core.predict; images are decoded in data.num_workers worker processes.
+    With a `key` the predictions are saved as they come and an interrupted pass resumes (core.predict).
     """
     columns = data.info.get("columns")
     columns = torch.tensor(columns, device=ctx.device) if columns is not None else None
     mapping = data.info.get("prediction_map")
     mapping = torch.tensor(mapping, device=ctx.device) if mapping is not None else None
-    loader = BatchLoader(
-        data,
-        ctx.batch_size,
-        ctx.device,
-        train=False,
-        img_size=data.img_size,
-        rank=ctx.dist.rank,
-        world=ctx.dist.world,
-        num_workers=ctx.cfg.data.num_workers,
-    )
-    idx_parts, pred_parts = [], []
-    for batch in loader:
-        logits = model(batch.x)
+
+    def decide(logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] != IMAGENET_CLASSES:
             raise InputError(
                 f"{data.name} scores ImageNet predictions: the model must output {IMAGENET_CLASSES} "
                 f"logits, it outputs {logits.shape[-1]}"
             )
         pred = (logits if columns is None else logits.index_select(1, columns)).argmax(-1)
-        pred_parts.append(pred if mapping is None else mapping[pred])
-        idx_parts.append(batch.index)
-    local = (
-        torch.cat(idx_parts) if idx_parts else torch.empty(0, dtype=torch.long),
-        torch.cat(pred_parts).cpu() if pred_parts else torch.empty(0, dtype=torch.long),
-    )
-    gathered = all_gather_objects(local)
-    index = torch.cat([g[0] for g in gathered])
-    order = torch.argsort(index)
-    return torch.cat([g[1] for g in gathered])[order], data.labels[index[order]]
+        return pred if mapping is None else mapping[pred]
+
+    return predict(model, ctx, data, decide=decide, img_size=data.img_size,
+                   key=None if key is None else {**key, "set": data.name, "resize": data.info.get("resize")})
 
 
-def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet) -> dict:
-    preds, labels = predict_labels(model, ctx, data)
+def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, key: dict | None = None) -> dict:
+    preds, labels = predict_labels(model, ctx, data, key)
     correct = int((preds == labels).sum())
     return {"top1": correct / len(labels), "n": len(labels), "classes": len(labels.unique())}
 
@@ -135,7 +117,7 @@ def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet) -> dict:
 def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
     def benchmark(model: torch.nn.Module, ctx: EvalContext) -> dict:
         data = loader(shift_root(ctx, key, name), preprocess(ctx, model), what=name)
-        result = top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset))
+        result = top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset), key={"benchmark": name})
         result["resize"] = data.info.get("resize")  # the rule the images were read with
         if "skipped_unmapped" in data.info:
             result["skipped_unmapped"] = data.info["skipped_unmapped"]
@@ -156,7 +138,8 @@ def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
     """Top-1 per factor (object location, rotation, size) and pooled over the factors present."""
     sets = load_si_score(shift_root(ctx, "si_score", "si_score"), preprocess(ctx, model))
     factors = {
-        factor: top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset)) for factor, data in sets.items()
+        factor: top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset), key={"benchmark": "si_score", "factor": factor})
+        for factor, data in sets.items()
     }
     n = sum(r["n"] for r in factors.values())
     correct = sum(round(r["top1"] * r["n"]) for r in factors.values())
