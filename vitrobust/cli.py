@@ -233,6 +233,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def interrupted_note(args) -> str:
+    """One line for Ctrl-C: what the interrupted command kept and how to go on."""
+    command = args.command
+    if command in ("train", "tokenizer"):
+        try:
+            run_dir = Path(args.out or Path("runs") / load_config(args.config, args.overrides).name)
+        except USER_ERRORS:
+            run_dir = Path(args.out or "runs/<name>")
+        again = "vitrobust " + ("train" if command == "train" else "tokenizer train")
+        return (f"interrupted: {run_dir} keeps its last checkpoint; continue with "
+                f"`{again} {args.config} --out {run_dir} --resume` (and the same --set flags)")
+    if command == "evaluate":
+        return ("interrupted: results.json keeps every benchmark that finished, and the unfinished one saved "
+                "its progress; run the same command again to resume")
+    if command in ("quickstart", "sweep"):
+        return (f"interrupted: finished runs and results are kept; run `vitrobust {command}` with the same "
+                f"arguments again to continue where it stopped")
+    if command in ("import", "zoo", "configs"):
+        return "interrupted: nothing was written"
+    return "interrupted: the files it wrote are whole, the rest are missing; run the same command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -240,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)  # every rank: the rank that failed says why
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (every file was written atomically)
+        if current().main:
+            print(f"\n{interrupted_note(args)}", file=sys.stderr, flush=True)
+        return INTERRUPTED
 
 
 def run() -> None:
