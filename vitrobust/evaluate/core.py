@@ -152,6 +152,49 @@ def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
     return {"top1": (preds == labels).float().mean().item(), "n": len(labels)}
 
 
+def model_input_shape(model: torch.nn.Module) -> tuple[int, int | None, int | None] | None:
+    """(channels, height, width) a model takes: its `input_shape` (vitrobust models), else read off a timm
+    model: channels of the first convolution (the patch embedding), size from a fixed-size patch
+    embedding (None where any size works, e.g. convnets or dynamic_img_size); None when unknown."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    embed = getattr(model, "patch_embed", None)
+    conv = getattr(embed, "proj", None)
+    if not isinstance(conv, torch.nn.Conv2d):
+        conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        return None
+    size = getattr(embed, "img_size", None)
+    fixed = size is not None and getattr(embed, "strict_img_size", True) and not getattr(embed, "dynamic_img_size", False)
+    h, w = (size if isinstance(size, (tuple, list)) else (size, size)) if fixed else (None, None)
+    return conv.in_channels, h, w
+
+
+def check_model_input(model: torch.nn.Module, ctx: EvalContext) -> None:
+    """A model built outside vitrobust (a timm model handed to `evaluate`) fits the data's images
+    (channels, and the size where it has a fixed one), or a clear InputError before any benchmark starts
+    instead of the model's own assertion. vitrobust models check every input themselves (ViTClassifier)
+    and may take shift sets decoded at their own size, so they are not checked here."""
+    shape = None if hasattr(model, "input_shape") else model_input_shape(model)
+    if shape is None:
+        return
+    c, h, w = shape
+    size = ctx.cfg.data.img_size or ctx.data.img_size
+    if c == ctx.data.in_chans and (h is None or (h, w) == (size, size)):
+        return
+    model_text = f"{c} x {h} x {w}" if h is not None else f"{c}-channel"
+    fixes = []
+    if h is not None and (h, w) != (size, size):
+        fixes.append(f"resize the data to the model's size (data.img_size={h}, or evaluate(..., cfg=...) with it)")
+    if c != ctx.data.in_chans:
+        fixes.append(f"use {c}-channel data")
+    fixes.append(f"or build the model for this data (timm.create_model(..., img_size={size}, "
+                 f"in_chans={ctx.data.in_chans}))")
+    raise InputError(f"the model takes {model_text} images but the evaluation data ({ctx.data.name}) gives "
+                     f"{ctx.data.in_chans} x {size} x {size}; {', '.join(fixes)}")
+
+
 def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None,
               on_result: Callable[[str, dict], None] | None = None) -> dict:
     """Run each benchmark of the suite; `on_result(name, entry)` after each (results.json is written
@@ -160,6 +203,7 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
     if model.training:
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
     names = expand_suite(suite)
+    check_model_input(model, ctx)
     for name in names:  # fail in seconds on a missing dataset folder, not hours into the suite
         if BENCHMARKS.get(name).check is not None:
             BENCHMARKS.get(name).check(ctx)

@@ -39,7 +39,7 @@ from vitrobust.data.shifts import (
     load_stylized_imagenet,
 )
 from vitrobust.errors import DatasetError, InputError
-from vitrobust.evaluate.core import EvalContext, predict, register_benchmark
+from vitrobust.evaluate.core import EvalContext, model_input_shape, predict, register_benchmark
 from vitrobust.shift_sets import BY_BENCHMARK, IMAGENET_DATA, LAYOUTS, SHIFT_BENCHMARKS, SHIFT_SETS
 
 # the loader of each single-set benchmark (si_score, several sets, is registered below on its own)
@@ -75,8 +75,8 @@ def shift_root(ctx: EvalContext, key: str, benchmark: str) -> Path:
 
 def preprocess(ctx: EvalContext, model: torch.nn.Module) -> Preprocess:
     """Decode straight to the size the model takes, with the configured resize/crop."""
-    shape = getattr(model, "input_shape", None)
-    size = shape[-1] if shape else (ctx.cfg.data.img_size or 224)
+    shape = model_input_shape(model)
+    size = shape[-1] if shape and shape[-1] else (ctx.cfg.data.img_size or 224)
     shifts, data = ctx.cfg.evaluate.shifts, ctx.cfg.data
     return Preprocess(size, shifts.crop_pct or data.crop_pct or DEFAULT_CROP_PCT,
                       shifts.interpolation or data.interpolation or DEFAULT_INTERPOLATION)
