@@ -45,8 +45,10 @@ def test_sigint_during_training_keeps_the_checkpoint_and_resume_finishes(tmp_pat
     overrides = [*TINY, "data.train_subset=64", "train.epochs=40", "train.checkpoint_every_steps=1"]
     cmd = [*vitrobust_cmd(), "train", "quickstart/baseline", "--out", str(run_dir), *set_args(overrides),
            "--no-progress"]
+    # A job started in the background by a shell inherits SIGINT ignored (and Python then leaves it so):
+    # give the child the default disposition, as a terminal's foreground process has.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not (run_dir / STATE_FILE).is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
