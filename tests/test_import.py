@@ -25,7 +25,8 @@ from vitrobust.errors import CheckpointError, InputError, ModelError
 from vitrobust.models import load_model
 from vitrobust.models.formats import find_format, read_checkpoint
 from vitrobust.models.vqgan import build_tokenizer
-from vitrobust.zoo import ZOO, compare, wilson
+from vitrobust.stats import wilson
+from vitrobust.zoo import ZOO, compare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -224,6 +224,9 @@ class EvaluateConfig(Section):
     use_ema: bool = False
     checkpoint_seconds: float = Field(120.0, gt=0, description="long evaluations (AutoAttack, corruptions, shift "
                                       "sets) save their progress at least this often, so an interrupted one resumes")
+    bootstrap_resamples: int = Field(1000, ge=10, description="resamples of the bootstrap intervals over images "
+                                     "(mCE, mean scores); Wilson intervals need none")
+    bootstrap_seed: int = 0
     attack: AttackConfig = Field(default_factory=AttackConfig)
     corruptions: CorruptionConfig = Field(default_factory=CorruptionConfig)
     shifts: ShiftConfig = Field(default_factory=ShiftConfig)

@@ -1,6 +1,9 @@
 """The results files: results.json (one entry per benchmark, plus `meta`) and metrics.jsonl (one
 JSON object per line, written during training), and TensorBoard where it is installed.
 
+Beside results.json, per_image.safetensors keeps each entry's per-image results (which images a model
+got right), so two runs evaluated on the same images can be compared image by image.
+
 Evaluation and training write these files; reports, sweeps and the quickstart read them. This
 module is a leaf: it imports only the atomic writer below it, so every room can use it.
 
@@ -21,13 +24,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from filelock import FileLock, Timeout
+from safetensors import safe_open
+from safetensors.torch import save
 
-from vitrobust.checkpoint import atomic_write_text
+from vitrobust.checkpoint import atomic_write_bytes, atomic_write_text
 from vitrobust.errors import InputError
 
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+PER_IMAGE_FILE = "per_image.safetensors"  # beside results.json: per-image results, for paired comparisons
 LOCK_SUFFIX = ".lock"
 LOCK_TIMEOUT_S = 120.0  # how long a writer waits for another process's lock before giving up
 
@@ -103,6 +110,50 @@ def update_results(path: str | Path, change, meta: dict | None = None) -> dict:
         return write_results(path, change(read_results(path)), meta)
 
 
+def per_image_path(results_path: str | Path) -> Path:
+    """The per-image file of a results file: per_image.safetensors beside results.json, `<stem>.per_image.
+    safetensors` beside another results JSON."""
+    path = Path(results_path)
+    return path.with_name(PER_IMAGE_FILE if path.name == RESULTS_FILE else f"{path.stem}.{PER_IMAGE_FILE}")
+
+
+def read_per_image(results_path: str | Path) -> dict[str, dict[str, tuple[torch.Tensor, str]]]:
+    """{entry: {path: (values, images digest)}} saved beside a results file ({} without one). Values are
+    bool (correct) or float (a score) per image, in dataset order; equal digests mean the same images."""
+    path = per_image_path(results_path)
+    if not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), "pt") as fh:
+            digests = json.loads((fh.metadata() or {}).get("images", "{}"))
+            out: dict[str, dict[str, tuple[torch.Tensor, str]]] = {}
+            for key in fh.keys():
+                entry, field = key.split("/", 1)
+                values = fh.get_tensor(key)
+                out.setdefault(entry, {})[field] = (values.bool() if values.dtype == torch.uint8 else values,
+                                                    digests.get(key, ""))
+            return out
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is unreadable ({err}); delete it (only paired comparisons need it)") from None
+
+
+def write_per_image(results_path: str | Path, entry: str, values: dict[str, tuple[torch.Tensor, str]]) -> Path:
+    """Store one entry's per-image results (replacing that entry's previous ones) under the results file's
+    lock; bool vectors are stored as uint8, scores as float32."""
+    path = per_image_path(results_path)
+    with locked(results_path):
+        stored = {e: f for e, f in read_per_image(results_path).items() if e != entry}
+        stored[entry] = values
+        tensors, digests = {}, {}
+        for name, fields in stored.items():
+            for field, (tensor, digest) in fields.items():
+                key = f"{name}/{field}"
+                tensors[key] = (tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor.float()).contiguous()
+                digests[key] = digest
+        atomic_write_bytes(path, save(tensors, metadata={"images": json.dumps(digests)}))
+    return path
+
+
 def _plain(value):
     if hasattr(value, "item"):
         value = value.item()
@@ -155,5 +206,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-__all__ = ["LOCK_TIMEOUT_S", "METRICS_FILE", "RESULTS_FILE", "MetricsLog", "lock_path", "locked", "read_metrics",
-           "read_results", "update_results", "write_results"]
+__all__ = ["LOCK_TIMEOUT_S", "METRICS_FILE", "PER_IMAGE_FILE", "RESULTS_FILE", "MetricsLog", "lock_path", "locked",
+           "per_image_path", "read_metrics", "read_per_image", "read_results", "update_results", "write_per_image",
+           "write_results"]

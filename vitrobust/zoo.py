@@ -3,7 +3,7 @@
 An entry says how to import its file (format, timm arch, preprocessing, dataset, threat model) and, for
 each published number, which results.json entry and field it compares with. `compare` puts a measured
 entry beside the published number: the difference and, for accuracies measured on n images, whether
-the published number lies inside the measured Wilson 95% interval.
+the published number lies inside the measured 95% interval (stats: Wilson, or the entry's bootstrap).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from importlib import resources
 
 from vitrobust.errors import InputError
 from vitrobust.registry import Registry
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
+from vitrobust.stats import wilson
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,6 @@ for _entry in _load()[1]:
     ZOO.register(_entry)
 
 
-def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion correct/n, as fractions."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def compare(entry: ZooEntry, benchmark: str, result: dict) -> dict | None:
     """The published number of `benchmark` beside the measured one in `result` (a results.json entry),
     or None when the entry publishes none for it or the result lacks the field."""
@@ -81,13 +69,20 @@ def compare(entry: ZooEntry, benchmark: str, result: dict) -> dict | None:
             continue
         measured = float(result[pub.field])
         out = {"zoo": entry.name, "label": pub.label, "published": pub.value, "source": entry.source}
-        if pub.field == "mce":  # stored x100 already; no interval without per-image errors
-            out.update(measured=measured, difference=measured - pub.value, ci95=None, inside_ci95=None)
+        if pub.field == "mce":  # stored x100 already; its interval is a bootstrap over images
+            ci = (result.get("ci95") or {}).get("mce")
+            inside = None if not ci or any(math.isnan(v) for v in ci) else ci[0] <= pub.value <= ci[1]
+            out.update(measured=measured, difference=measured - pub.value, ci95=ci if inside is not None else None,
+                       inside_ci95=inside)
             return out
         n = result.get("n")
         measured_pct = 100 * measured
         out.update(measured=measured_pct, difference=measured_pct - pub.value, n=n)
-        if isinstance(n, int) and n > 0:
+        stored = (result.get("ci95") or {}).get(pub.field)  # the entry's own interval (stats.interval)
+        if stored:
+            lo, hi = stored
+            out.update(ci95=[100 * lo, 100 * hi], inside_ci95=100 * lo <= pub.value <= 100 * hi)
+        elif isinstance(n, int) and n > 0:
             lo, hi = wilson(measured * n, n)
             out.update(ci95=[100 * lo, 100 * hi], inside_ci95=100 * lo <= pub.value <= 100 * hi)
         else:
@@ -101,4 +96,4 @@ def describe() -> str:
     return _load()[0]
 
 
-__all__ = ["ZOO", "Published", "ZooEntry", "compare", "describe", "wilson"]
+__all__ = ["ZOO", "Published", "ZooEntry", "compare", "describe"]

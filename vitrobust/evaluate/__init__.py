@@ -13,6 +13,7 @@ from vitrobust.distributed import setup_distributed
 from vitrobust.evaluate import adversarial, background, corruptions, relevance, shifts  # noqa: F401  (register their benchmarks)
 from vitrobust.evaluate.core import (
     BENCHMARKS,
+    PER_IMAGE,
     SUITES,
     Benchmark,
     EvalContext,
@@ -23,14 +24,16 @@ from vitrobust.evaluate.core import (
 )
 from vitrobust.evaluate.merge import is_skip, merge_overrides, place
 from vitrobust.models import count_flops, count_params, load_model, weights_file
-from vitrobust.results import read_results, update_results, write_results
+from vitrobust.results import locked, read_results, update_results, write_per_image, write_results
 from vitrobust.zoo import ZOO, compare
 
 
 def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None = None, data: ImageSet | None = None,
              subset: int | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
-             out_dir: str | Path | None = None, progress=None, on_result=None) -> dict:
-    """Run a suite (or comma-separated benchmarks) on a [0,1]-input model in eval mode."""
+             out_dir: str | Path | None = None, progress=None, on_result=None, keep_per_image: bool = False) -> dict:
+    """Run a suite (or comma-separated benchmarks) on a [0,1]-input model in eval mode: the entries
+    results.json holds; with `keep_per_image` each also keeps its per-image tensors under "per_image"
+    ({path: (values, images digest)}, the data of paired comparisons)."""
     if cfg is None:
         cfg = run_config(model) if getattr(model, "run_config", "") else Config()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -39,7 +42,11 @@ def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None
     data = data.subset(subset if subset is not None else cfg.evaluate.subset)
     ctx = EvalContext(cfg=cfg, data=data, device=device, out_dir=Path(out_dir) if out_dir else None,
                       batch_size=batch_size or cfg.data.eval_batch_size)
-    return run_suite(model, suite, ctx, progress, on_result)
+    results = run_suite(model, suite, ctx, progress, on_result)
+    if not keep_per_image:
+        for entry in results.values():
+            entry.pop(PER_IMAGE, None)
+    return results
 
 
 def run_config(model: torch.nn.Module, overrides: list[str] | None = None, suite: str | None = None) -> Config:
@@ -82,22 +89,25 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
             **({"masks": cfg.data.masks.source} if cfg.data.masks.source != "none" else {})}
 
     def save(name: str, entry: dict) -> None:  # each benchmark's entry as soon as it is done
+        values = entry.pop(PER_IMAGE, None)
         entry.update(data=data, overrides=used)
         if zoo is not None and (published := compare(zoo, name, entry)) is not None:
             entry["published"] = published  # the paper's number beside ours (a zoo model)
         if not dist.main:
             return
-        notes = []
+        placed = []
 
         def change(stored: dict) -> dict:
-            placed = place(stored, name, entry, overwrite)
-            notes.append(placed.note)
-            return placed.updates
+            placed.append(place(stored, name, entry, overwrite))
+            return placed[0].updates
 
         stamp = {"evaluated_at": datetime.datetime.now().isoformat(timespec="seconds")}
-        update_results(results_path, change, {**meta, **stamp})
-        if notes[0]:
-            say(notes[0])
+        with locked(results_path):  # the entry and its per-image results land together
+            update_results(results_path, change, {**meta, **stamp})
+            if values and placed[0].key is not None:
+                write_per_image(results_path, placed[0].key, values)
+        if placed[0].note:
+            say(placed[0].note)
 
     results = evaluate(model, suite, cfg=cfg, device=dist.device, out_dir=results_path.parent / "figures",
                        progress=say, on_result=save)

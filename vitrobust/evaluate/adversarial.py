@@ -30,7 +30,7 @@ from vitrobust.config import AttackConfig
 from vitrobust.data import BatchLoader, ImageSet
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import COST_HOURS, EvalContext, register_benchmark
+from vitrobust.evaluate.core import COST_HOURS, PER_IMAGE, EvalContext, per_image, register_benchmark
 
 LARGE_EPS_LINF = 0.5  # every image can reach mid-grey: an attack that works gets accuracy ~0
 LARGE_EPS_MAX_TOP1 = 0.05
@@ -232,7 +232,8 @@ def pgd(model: torch.nn.Module, ctx: EvalContext) -> dict:
     figures = _draw_examples(ctx, shown, "pgd", f"PGD-{a.steps} {a.norm} eps={a.eps:.4g}")
     return {"norm": a.norm, "eps": a.eps, "steps": a.steps, "step_size": a.step_size or 2.5 * a.eps / a.steps,
             "restarts": a.restarts, "clean_top1": clean_top1, "robust_top1": robust_top1, "n": len(clean),
-            "gradient": gradient, "seed": a.seed, "checks": checks, "figures": figures}
+            "gradient": gradient, "seed": a.seed, "checks": checks, "figures": figures,
+            PER_IMAGE: {"clean_top1": per_image(data, clean), "robust_top1": per_image(data, robust)}}
 
 
 # --- AutoAttack -----------------------------------------------------------------------------
@@ -300,6 +301,8 @@ def autoattack(model: torch.nn.Module, ctx: EvalContext) -> dict:
         out["robust_after"] = after
     out.update({"n": result.n, "gradient": result.gradient, "seed": a.seed, "batch_size": spec.batch_size,
                 "resumed_chunks": len(result.resumed), "checks": checks, "figures": figures})
+    out[PER_IMAGE] = {"clean_top1": per_image(data, result.flags("clean")),
+                      "robust_top1": per_image(data, result.flags("robust"))}
     return out
 
 
@@ -323,15 +326,17 @@ def eps_sweep(model: torch.nn.Module, ctx: EvalContext) -> dict:
         check_eps(eps, a.norm, x_chk)
     gradient = resolve_gradient(model, a.gradient)
     checks = model_checks(model, x_chk, y_chk, a.gradient, randomized_ok=a.sweep_attack == "autoattack" and a.version == "rand")
-    robust_top1, clean_top1, n = [], None, len(data)
-    for eps in eps_list:
+    robust_top1, clean_top1, n, flags = [], None, len(data), {}
+    for i, eps in enumerate(eps_list):
         if a.sweep_attack == "pgd":
             clean, robust, _ = pgd_outcomes(model, ctx, data, eps)
-            clean_top1, top1 = clean.float().mean().item(), robust.float().mean().item()
         else:
             result, _ = run_autoattack_benchmark(model, ctx, data, eps)
-            clean_top1, top1 = result.clean_top1, result.robust_top1
-        robust_top1.append(top1)
+            clean, robust = result.flags("clean"), result.flags("robust")
+        clean_top1 = clean.float().mean().item()
+        robust_top1.append(robust.float().mean().item())
+        flags[f"robust_top1.{i}"] = per_image(data, robust)
+    flags["clean_top1"] = per_image(data, clean)
     rises = [(eps_list[i], eps_list[i + 1]) for i in range(len(eps_list) - 1) if robust_top1[i + 1] > robust_top1[i]]
     checks["monotone"] = _check(not rises, "robust top-1 never increases with eps" if not rises else
                                 "robust top-1 increases from eps " + ", ".join(f"{e0:.4g} to {e1:.4g}" for e0, e1 in rises)
@@ -356,6 +361,7 @@ def eps_sweep(model: torch.nn.Module, ctx: EvalContext) -> dict:
         figures.append(accuracy_vs_eps(out, ctx.out_dir / "eps_sweep.png",
                                        title=f"{a.sweep_attack} ({a.norm}), n={n}").name)
     out.update(checks=checks, figures=figures)
+    out[PER_IMAGE] = flags
     return out
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from vitrobust.data import ImageSet
-from vitrobust.evaluate.core import EvalContext, predict, register_benchmark
+from vitrobust.evaluate.core import PER_IMAGE, EvalContext, per_image, predict, register_benchmark
 
 EXAMPLES = 8  # images drawn in background_examples.png
 VARIANTS = ("original", "only_fg", "mixed_same", "mixed_rand")
@@ -128,12 +128,14 @@ def background(model: torch.nn.Module, ctx: EvalContext) -> dict:
     same, rand = pair_backgrounds(data.labels, b.seed)
     sets = {"original": data, "only_fg": variant(data, "only_fg"), "mixed_same": variant(data, "mixed_same", same),
             "mixed_rand": variant(data, "mixed_rand", rand)}
-    preds, top1 = {}, {}
+    preds, top1, flags = {}, {}, {}
     for kind, images in sets.items():
         preds[kind], labels = predict(model, ctx, images)
-        top1[kind] = (preds[kind] == labels).float().mean().item()
+        flags[kind] = per_image(data, preds[kind] == labels)
+        top1[kind] = flags[kind][0].float().mean().item()
+    gap = flags["mixed_same"][0].float() - flags["mixed_rand"][0].float()  # per image: -1, 0 or 1
     return {**top1, "bg_gap": top1["mixed_same"] - top1["mixed_rand"], "n": len(data), "seed": b.seed,
-            "figures": _draw(ctx, sets, preds, data.labels)}
+            "figures": _draw(ctx, sets, preds, data.labels), PER_IMAGE: {**flags, "bg_gap": per_image(data, gap)}}
 
 
 __all__ = ["Composite", "background", "pair_backgrounds", "remove_foreground", "variant"]

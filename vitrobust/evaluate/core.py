@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +19,46 @@ from vitrobust.evaluate.progress import PredictionStore, progress_dir
 from vitrobust.evaluate.progress import clear as clear_progress
 from vitrobust.registry import Registry
 from vitrobust.results import read_results
+from vitrobust.stats import bootstrap, interval
 
 COST_SECONDS, COST_MINUTES, COST_HOURS = 0, 1, 2  # Benchmark.cost: what one run takes on a large set
+PER_IMAGE = "per_image"  # entry key a benchmark fills with per_image(); run_suite turns it into intervals
+
+
+def images_digest(data: ImageSet, n: int | None = None) -> str:
+    """Names the first n images of a set (subsets are prefixes): two results with the same digest were
+    measured on the same images, so they can be compared image by image."""
+    n = len(data) if n is None else n
+    h = hashlib.sha256(f"{data.name}|{n}|".encode())
+    h.update(data.labels[:n].to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def per_image(data: ImageSet, values: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """One per-image result (bool: correct; float: a score) over the first len(values) images of `data`."""
+    values = values.detach().cpu().flatten()
+    return values, images_digest(data, len(values))
+
+
+def annotate(entry: dict, resamples: int, seed: int) -> dict:
+    """`ci95` for every per-image result of the entry: Wilson for correctness, a seeded bootstrap of the
+    mean for scores; keyed by the result's path in the entry ('top1', 'per_corruption.fog.3', ...)."""
+    found = entry.get(PER_IMAGE) or {}
+    if not found:
+        return entry
+    ci95, boot = dict(entry.get("ci95") or {}), False
+    for path, (values, _) in found.items():
+        if not len(values):
+            continue
+        if values.dtype == torch.bool:
+            ci95[path] = interval(values)
+        else:
+            boot = True
+            ci95[path] = bootstrap(lambda idx, v=values.double(): float(v[idx].mean()), len(values), resamples, seed)
+    entry["ci95"] = ci95
+    if boot:
+        entry["bootstrap"] = {"resamples": resamples, "seed": seed}
+    return entry
 
 
 @dataclass
@@ -149,7 +188,8 @@ def predict(model: torch.nn.Module, ctx: EvalContext, data: ImageSet | None = No
 @register_benchmark("clean", suites=("clean", "quick"))
 def clean(model: torch.nn.Module, ctx: EvalContext) -> dict:
     preds, labels = predict(model, ctx)
-    return {"top1": (preds == labels).float().mean().item(), "n": len(labels)}
+    return {"top1": (preds == labels).float().mean().item(), "n": len(labels),
+            PER_IMAGE: {"top1": per_image(ctx.data, preds == labels)}}
 
 
 def model_input_shape(model: torch.nn.Module) -> tuple[int, int | None, int | None] | None:
@@ -198,7 +238,8 @@ def check_model_input(model: torch.nn.Module, ctx: EvalContext) -> None:
 def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None,
               on_result: Callable[[str, dict], None] | None = None) -> dict:
     """Run each benchmark of the suite; `on_result(name, entry)` after each (results.json is written
-    as the suite goes, so a long suite that fails late keeps what it finished). A benchmark's saved
+    as the suite goes, so a long suite that fails late keeps what it finished). Entries carry `ci95`
+    (annotate) and their per-image results under PER_IMAGE (tensors: stripped before JSON). A benchmark's saved
     predictions (evaluate/progress.py) are deleted once `on_result` has stored its entry."""
     if model.training:
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
@@ -212,6 +253,7 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
         t0 = time.perf_counter()
         results[name] = BENCHMARKS.get(name).run(model, ctx)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        annotate(results[name], ctx.cfg.evaluate.bootstrap_resamples, ctx.cfg.evaluate.bootstrap_seed)
         done = time.time()
         if on_result:
             on_result(name, results[name])

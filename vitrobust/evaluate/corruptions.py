@@ -40,8 +40,17 @@ from vitrobust.data.corruptions import (
 from vitrobust.data.loader import resize
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import COST_MINUTES, EvalContext, predict, register_benchmark
-from vitrobust.results import read_results
+from vitrobust.evaluate.core import (
+    COST_MINUTES,
+    PER_IMAGE,
+    EvalContext,
+    images_digest,
+    per_image,
+    predict,
+    register_benchmark,
+)
+from vitrobust.results import read_per_image, read_results
+from vitrobust.stats import bootstrap
 
 # AlexNet's top-1 error on ImageNet-C per corruption, averaged over severities 1-5 (Hendrycks &
 # Dietterich 2019), the same table as e.g. mmcls' ImageNet-C metric.
@@ -118,6 +127,7 @@ class Reference:
     clean_error: float | None = None
     is_self: bool = False
     note: str | None = None
+    flags: dict[str, torch.Tensor] | None = None  # a run's per-image correctness: "name/severity", "clean"
 
 
 def alexnet_reference(names: list[str], severities: list[int]) -> Reference:
@@ -180,7 +190,11 @@ def run_reference(
     errors = {name: [1.0 - entry["per_corruption"][name][str(s)] for s in severities] for name in names}
     clean = entry.get("clean_top1")
     name = results.get("meta", {}).get("run") or ref_dir.name
-    return Reference(name, path=ref, errors=errors, clean_error=None if clean is None else 1.0 - clean)
+    ours = images_digest(ctx.data, n)
+    flags = {("clean" if key == "clean_top1" else key.removeprefix("per_corruption.").replace(".", "/", 1)): values
+             for key, (values, digest) in read_per_image(path).get("corruptions", {}).items() if digest == ours}
+    return Reference(name, path=ref, errors=errors, clean_error=None if clean is None else 1.0 - clean,
+                     flags=flags or None)
 
 
 def resolve_reference(
@@ -314,10 +328,44 @@ def _published(c: CorruptionConfig, data: ImageSet, names: list[str], severities
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def _top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, **key) -> float:
-    """Top-1 on one (corrupted) set; its predictions are saved as they come under `key` (core.predict)."""
+def _correct(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, **key) -> torch.Tensor:
+    """Per-image correctness on one (corrupted) set; predictions are saved as they come under `key`
+    (core.predict)."""
     preds, labels = predict(model, ctx, data, key={"benchmark": "corruptions", **key})
-    return (preds == labels).float().mean().item() if len(labels) else math.nan
+    return preds == labels
+
+
+def _top1(correct: torch.Tensor) -> float:
+    return correct.float().mean().item() if len(correct) else math.nan
+
+
+def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Reference, resamples: int,
+               seed: int) -> tuple[dict, list[str]]:
+    """Bootstrap 95% intervals of mce and relative_mce over the images (seeded). The reference's errors
+    are resampled with the same images when its per-image results cover them (a paired bootstrap), and
+    held fixed otherwise (AlexNet's published errors)."""
+    if ref.is_self or ref.errors is None:
+        return {}, []
+    paired = ref.flags is not None and all(k in ref.flags for k in flags) and "clean" in ref.flags
+    n = len(clean)
+
+    def scores(idx: torch.Tensor) -> dict:
+        per: dict[str, dict[str, float]] = {}
+        for key, correct in flags.items():
+            name, severity = key.split("/")
+            per.setdefault(name, {})[severity] = _top1(correct[idx])
+        reference = ref
+        if paired:
+            errors = {name: [1 - _top1(ref.flags[f"{name}/{sev}"][idx]) for sev in per[name]] for name in per}
+            reference = Reference(ref.name, errors=errors, clean_error=1 - _top1(ref.flags["clean"][idx]))
+        return score(per, _top1(clean[idx]), reference)
+
+    def stat(key: str):
+        return lambda idx: math.nan if (v := scores(idx)[key]) is None else float(v)
+
+    ci95 = {key: bootstrap(stat(key), n, resamples, seed) for key in ("mce", "relative_mce")}
+    how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
+    return ci95, [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
 
 
 @register_benchmark("corruptions", suites=("corruptions", "quick", "imagenet"), cost=COST_MINUTES)
@@ -328,7 +376,8 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     if not len(data):
         raise InputError("the evaluation split is empty: nothing to corrupt")
     ref = resolve_reference(ctx, c, names, severities, len(data))  # fail before hours of work
-    clean_top1 = _top1(model, ctx, data, corruption="none")
+    clean = _correct(model, ctx, data, corruption="none")
+    clean_top1, flags = _top1(clean), {}
     timer = {"seconds": 0.0, "images": 0}
     sets = (
         _generated(ctx, c, data, names, severities, timer)
@@ -342,8 +391,9 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     ) as bar:
         for name, severity, corrupted in sets:
             bar.set_postfix_str(f"{name} {severity}")
-            per_corruption[name][str(severity)] = _top1(model, ctx, corrupted, corruption=name, severity=severity,
-                                                        source=c.source, seed=c.seed, root=c.root)
+            flags[f"{name}/{severity}"] = _correct(model, ctx, corrupted, corruption=name, severity=severity,
+                                                   source=c.source, seed=c.seed, root=c.root)
+            per_corruption[name][str(severity)] = _top1(flags[f"{name}/{severity}"])
             bar.update()
     accs = [v for accs in per_corruption.values() for v in accs.values()]
     out = {"mean_top1": sum(accs) / len(accs), "clean_top1": clean_top1}
@@ -363,12 +413,18 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
         )
     else:
         out["root"] = c.root
+    e = ctx.cfg.evaluate
+    ci95, notes = mce_intervals(flags, clean, ref, e.bootstrap_resamples, e.bootstrap_seed)
     out.update(
         per_corruption=per_corruption,
         ce=scores["ce"],
         relative_ce=scores["relative_ce"],
-        notes=scores["notes"],
+        notes=scores["notes"] + notes,
+        ci95=ci95,
     )
+    out[PER_IMAGE] = {"clean_top1": per_image(data, clean),
+                      "mean_top1": per_image(data, torch.stack(list(flags.values())).float().mean(0)),
+                      **{f"per_corruption.{k.replace('/', '.')}": per_image(data, v) for k, v in flags.items()}}
     figures = []
     if ctx.out_dir is not None and ctx.dist.main:
         from vitrobust.figures.corruptions import accuracy_vs_severity
@@ -387,6 +443,7 @@ __all__ = [
     "alexnet_reference",
     "corruption_errors",
     "corruptions",
+    "mce_intervals",
     "mean_ce",
     "relative_corruption_errors",
     "resolve_reference",

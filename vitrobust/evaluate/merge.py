@@ -53,28 +53,29 @@ def differences(stored: dict, new: dict) -> list[str]:
 class Placement:
     updates: dict  # top-level results.json keys to merge in (nothing when the result is not stored)
     note: str | None  # what happened, when it is not a plain write
+    key: str | None = None  # where the entry is stored: its name, or its key under VARIANTS (None: not stored)
 
 
 def place(stored: dict, name: str, entry: dict, overwrite: bool = False) -> Placement:
     """Where the new `entry` of benchmark `name` goes, given the stored results.json content."""
     old = stored.get(name)
     if not isinstance(old, dict):
-        return Placement({name: entry}, None)
+        return Placement({name: entry}, None, name)
     if is_skip(entry):
         if is_skip(old):
-            return Placement({name: entry}, None)
+            return Placement({name: entry}, None, name)
         return Placement({}, f"{name}: skipped ({entry['skipped']}); the stored result (n={old.get('n')}) is kept")
     diff = differences(old, entry)
     if not diff or overwrite or is_skip(old):
         note = f"{name}: replaced the stored result ({', '.join(differences(entry, old))})" if diff else None
-        return Placement({name: entry}, note)
+        return Placement({name: entry}, note, name)
     key = f"{name}@{','.join(diff)}"
     variants = dict(stored.get(VARIANTS) or {})
     variants[key] = entry
     return Placement({VARIANTS: variants},
                      f"{name}: measured with other settings than the stored result ({', '.join(differences(entry, old))})"
                      f"; both kept: the stored one stays {name!r}, this one is {key!r} under {VARIANTS!r} "
-                     f"(--overwrite replaces the stored one)")
+                     f"(--overwrite replaces the stored one)", key)
 
 
 def merge_overrides(*lists: list[str]) -> list[str]:

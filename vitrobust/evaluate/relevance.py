@@ -23,7 +23,7 @@ import torch
 
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import COST_MINUTES, EvalContext, register_benchmark
+from vitrobust.evaluate.core import COST_MINUTES, PER_IMAGE, EvalContext, images_digest, register_benchmark
 from vitrobust.explain.relevance import UnsupportedModel, attention_modules, explain
 
 BATCH = 64  # images per relevance batch: every block's attention map and its gradient are held at once
@@ -110,6 +110,9 @@ def relevance(model: torch.nn.Module, ctx: EvalContext) -> dict:
     def mean(values: torch.Tensor) -> float | None:
         return float(values[valid].float().mean()) if n else None
 
+    order = torch.argsort(index)
+    kept = order[valid[order]]  # images with a non-empty mask, in dataset order
+    scores = {"foreground_share": share[kept].float(), "pointing_game": hit[kept].bool(), "iou": iou[kept].float()}
     return {"foreground_share": mean(share), "pointing_game": mean(hit), "iou": mean(iou), "method": rel.method,
             "target": rel.target, "n": n, "n_empty_masks": int(len(index)) - n, "iou_threshold": rel.iou_threshold,
-            "figures": figures}
+            "figures": figures, PER_IMAGE: {k: (v, images_digest(data) + "-nonempty") for k, v in scores.items()}}

@@ -15,6 +15,7 @@ model, settings in configs/eval/imagenet.yaml) and `shifts` (every shift set, SI
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -39,7 +40,14 @@ from vitrobust.data.shifts import (
     load_stylized_imagenet,
 )
 from vitrobust.errors import DatasetError, InputError
-from vitrobust.evaluate.core import EvalContext, model_input_shape, predict, register_benchmark
+from vitrobust.evaluate.core import (
+    PER_IMAGE,
+    EvalContext,
+    model_input_shape,
+    per_image,
+    predict,
+    register_benchmark,
+)
 from vitrobust.shift_sets import BY_BENCHMARK, IMAGENET_DATA, LAYOUTS, SHIFT_BENCHMARKS, SHIFT_SETS
 
 # the loader of each single-set benchmark (si_score, several sets, is registered below on its own)
@@ -111,7 +119,8 @@ def predict_labels(model: torch.nn.Module, ctx: EvalContext, data: ImageSet,
 def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, key: dict | None = None) -> dict:
     preds, labels = predict_labels(model, ctx, data, key)
     correct = int((preds == labels).sum())
-    return {"top1": correct / len(labels), "n": len(labels), "classes": len(labels.unique())}
+    return {"top1": correct / len(labels), "n": len(labels), "classes": len(labels.unique()),
+            PER_IMAGE: {"top1": per_image(data, preds == labels)}}
 
 
 def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
@@ -143,7 +152,11 @@ def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
     }
     n = sum(r["n"] for r in factors.values())
     correct = sum(round(r["top1"] * r["n"]) for r in factors.values())
+    flags = {f"factors.{factor}.top1": r.pop(PER_IMAGE)["top1"] for factor, r in factors.items()}
+    pooled = torch.cat([values for values, _ in flags.values()]) if flags else torch.zeros(0, dtype=torch.bool)
+    pooled_digest = hashlib.sha256("|".join(d for _, d in flags.values()).encode()).hexdigest()[:16]
     return {
+        PER_IMAGE: {"top1": (pooled, pooled_digest), **flags},
         "top1": correct / n,
         "n": n,
         "factors": factors,

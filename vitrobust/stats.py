@@ -1,0 +1,67 @@
+"""Uncertainty of the numbers a benchmark reports: Wilson intervals for accuracies, McNemar's exact test
+for two models on the same images, percentile bootstrap over images for everything else (mCE).
+
+A leaf module (docs/architecture.md): evaluation annotates results with these, reports compare runs
+with them, the zoo compares published numbers against them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+ALPHA = 0.05  # significance level of the report's comparisons
+
+
+def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of the proportion correct/n, as fractions ((0, 1) when n is 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if correct <= 0 else lo), (1.0 if correct >= n else hi)  # exact at the ends, not 1 - 1e-16
+
+
+def interval(flags: torch.Tensor) -> list[float]:
+    """The Wilson 95% interval of a per-image correctness vector, rounded for results.json."""
+    lo, hi = wilson(float(flags.sum()), int(flags.numel()))
+    return [round(lo, 6), round(hi, 6)]
+
+
+def mcnemar(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """McNemar's exact test of two models' per-image correctness on the same images.
+
+    Only the discordant images count: `a_only` (a right, b wrong) and `b_only`. Under the null hypothesis
+    both are equally likely, so min(a_only, b_only) is Binomial(a_only + b_only, 1/2); the two-sided
+    p-value doubles its tail (capped at 1)."""
+    a, b = a.bool().flatten(), b.bool().flatten()
+    if a.shape != b.shape:
+        raise ValueError(f"McNemar's test pairs images: got {a.numel()} and {b.numel()} results")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    m, k = a_only + b_only, min(a_only, b_only)
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    return {"a_only": a_only, "b_only": b_only, "p": p, "significant": p < ALPHA}
+
+
+def bootstrap(statistic: Callable[[torch.Tensor], float], n: int, resamples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of `statistic(index)` over n images: `index` is a resample (n image
+    positions drawn with replacement); seeded, so the same call gives the same interval."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.tensor([statistic(torch.randint(0, n, (n,), generator=gen)) for _ in range(resamples)],
+                          dtype=torch.float64)
+    values = values[torch.isfinite(values)]
+    if not len(values):
+        return [math.nan, math.nan]
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return [round(lo, 6), round(hi, 6)]
+
+
+__all__ = ["ALPHA", "Z95", "bootstrap", "interval", "mcnemar", "wilson"]
