@@ -88,13 +88,15 @@ def test_report_writes_html_and_markdown(run):
     assert proc.returncode == 0, explain(proc)
     page = (run / "report.html").read_text()
     assert "<table" in page and "clean top1 %" in page
-    top1 = json.loads((run / "results.json").read_text())["clean"]["top1"]
-    assert f"<td>{100 * top1:.2f}</td>" in page
+    clean = json.loads((run / "results.json").read_text())["clean"]
+    top1, (lo, hi) = clean["top1"], clean["ci95"]["top1"]
+    shown = f"{100 * top1:.2f} ± {100 * (hi - lo) / 2:.1f}"  # the number and its 95% interval
+    assert f"<td>{shown}</td>" in page
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert images, "no embedded PNG"
     assert base64.b64decode(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
     md = (run / "report.md").read_text()
-    assert "| run |" in md and f"| {100 * top1:.2f} |" in md
+    assert "| run |" in md and f"| {shown} |" in md
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from vitrobust.cli import main
 from vitrobust.errors import InputError, UserError
 from vitrobust.report import build_report, failed_checks, leaderboard, load_runs, summary_rows, text_table
 from vitrobust.report.tables import latex_escape
+from vitrobust.stats import wilson
 
 EPS8, EPS4 = 8 / 255, 4 / 255
 
@@ -129,15 +130,27 @@ ROWS = [
 BOLD = {(0, 5), (1, 6), (1, 9), (1, 10), (1, 11), (0, 12), (1, 15), (1, 16), (1, 17)}
 
 
+PM = re.compile(r" ± \d+\.\d")  # the half-width of a 95% interval after a number (tests/test_uncertainty.py)
+INTERVALS = ("a ± b: the number and the half-width of its 95% interval (Wilson for accuracies, bootstrap over "
+             "images for mCE and mean scores)")
+
+
+def plain(rows: list[list[str]]) -> list[list[str]]:
+    return [[PM.sub("", cell) for cell in row] for row in rows]
+
+
 def test_leaderboard_cells(runs):
     board = leaderboard(runs)
     table = board.table()
     assert table.header == HEADER
-    assert table.rows == ROWS
+    assert plain(table.rows) == ROWS
     assert table.bold == BOLD
-    assert summary_rows(runs) == (HEADER, ROWS)
+    assert summary_rows(runs)[0] == HEADER and plain(summary_rows(runs)[1]) == ROWS
+    # accuracies without a stored ci95 get the Wilson interval of their n: clean 26/32 correct
+    lo, hi = wilson(26, 32)
+    assert table.rows[0][5] == f"81.25 ± {100 * (hi - lo) / 2:.1f}"
     # AutoAttack at two budgets got two columns, so no column mixes sample counts (n=32 and n=64)
-    assert board.notes() == []
+    assert board.notes() == [INTERVALS]
 
 
 def test_leaderboard_notes_differing_sample_counts(runs):
@@ -145,7 +158,7 @@ def test_leaderboard_notes_differing_sample_counts(runs):
     res["clean"]["n"] = 16
     (runs[1] / "results.json").write_text(json.dumps(res))
     assert leaderboard(runs).notes() == [
-        "clean top1 % compares different sample counts: baseline n=32, robust_at n=16"]
+        INTERVALS, "clean top1 % compares different sample counts: baseline n=32, robust_at n=16"]
 
 
 def test_leaderboard_sort(runs):
@@ -160,7 +173,13 @@ def test_leaderboard_sort(runs):
 
 def test_csv_keeps_the_results_numbers(runs):
     text = leaderboard(runs).csv()
-    rows = list(csv.reader(io.StringIO(text)))
+    full = list(csv.reader(io.StringIO(text)))
+    keep = [j for j, h in enumerate(full[0]) if "ci95" not in h]
+    rows = [[row[j] for j in keep] for row in full]
+    # after the clean accuracy its Wilson bounds, as fractions
+    j = full[0].index("clean top1 [fraction]")
+    assert full[0][j + 1 : j + 3] == ["clean top1 [fraction] ci95 low", "clean top1 [fraction] ci95 high"]
+    assert [float(v) for v in full[1][j + 1 : j + 3]] == list(wilson(26, 32))
     assert rows[0] == ["run", "model", "params [count]", "FLOPs [count]", "train [seconds]",
                        "clean top1 [fraction]", "PGD top1 (Linf 8/255) [fraction]",
                        "AutoAttack top1 (Linf 8/255) [fraction]", "AutoAttack top1 (Linf 4/255) [fraction]",
@@ -180,7 +199,7 @@ def test_csv_keeps_the_results_numbers(runs):
 
 
 def test_latex_is_booktabs_with_escaped_names(runs):
-    lines = leaderboard(runs).latex().splitlines()
+    lines = [PM.sub("", line) for line in leaderboard(runs).latex().splitlines()]
     assert lines[0] == r"\begin{tabular}{ll" + "r" * 17 + "}"
     assert lines[1] == r"\toprule" and lines[3] == r"\midrule"
     assert lines[-2:] == [r"\bottomrule", r"\end{tabular}"]
@@ -249,7 +268,7 @@ def test_report_html_is_self_contained(runs, tmp_path):
     # leaderboard, adversarial, 2 corruption tables (one per run), shifts, relevance, background, tokenizer
     assert [t["rows"] for t in s.tables] == [3, 4, 2, 2, 6, 2, 2, 1]
     assert s.tables[0]["id"] == "leaderboard-table"
-    assert "<td><strong>81.25</strong></td>" in page and "<td>68.75</td>" in page
+    assert "<td><strong>81.25 ± 13.2</strong></td>" in page and "<td>68.75 ± 15.3</td>" in page
     # every image embedded as a decodable PNG; no external resource, no script
     for img in s.images:
         data = base64.b64decode(img["src"].removeprefix("data:image/png;base64,"), validate=True)
@@ -298,7 +317,7 @@ def test_report_sections_hold_the_numbers(runs, tmp_path):
 
 def test_markdown_twin_links_figures(runs, tmp_path):
     out = build_report(runs, tmp_path / "cmp" / "report.html")
-    md = out.with_suffix(".md").read_text()
+    md = PM.sub("", out.with_suffix(".md").read_text())
     assert "| run | model | params (M) |" in md
     assert "| baseline | vit_tiny_patch16_224 | 5.72 | 1.26 | 30 | **81.25** |" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
@@ -324,7 +343,7 @@ def test_results_file_and_same_named_runs(tmp_path):
     other.write_text(json.dumps({"clean": {"top1": 0.25, "n": 4}}))
     _, rows = summary_rows([a, b, other])
     assert [r[0] for r in rows] == ["x/baseline", "y/baseline", "ema"]
-    assert [r[-1] for r in rows] == ["50.00", "75.00", "25.00"]
+    assert [r[-1] for r in plain(rows)] == ["50.00", "75.00", "25.00"]
 
 
 def test_failed_checks_lists_only_failures(runs):
@@ -391,7 +410,7 @@ def test_shift_results_in_every_layout(tmp_path):
         "si_score/rotation": ("SI-Score rotation", 0.25)}
     header, rows = summary_rows([run])
     assert header[2:] == ["ImageNet-A top1 %", "SI-Score size top1 %", "SI-Score rotation top1 %"]
-    assert rows == [["run", "-", "12.50", "50.00", "25.00"]]
+    assert plain(rows) == [["run", "-", "12.50", "50.00", "25.00"]]
 
 
 def test_best_marks_ties_and_needs_two_runs(tmp_path):

@@ -8,12 +8,14 @@ pooled (a run two grids share is trained once). Runs can also be listed one by o
     config: recipes/xcit_s12_imagenet_at
     set: [train.epochs=10]
     suite: clean,autoattack
+    seeds: [0, 1, 2]          # optional: every run once per seed (directories `<name>,seed=S`)
     grids:
       - {augment.mixup: [0.0, 0.8], augment.cutmix: [0.0, 1.0]}
       - {objective.warmup_epochs: [0, 5, 10, 20]}
 
 Every run is resumable (a finished run is skipped; a killed one continues from its checkpoint),
-and each can be launched with torchrun (`launcher: torchrun`, `nproc_per_node: N`).
+and each can be launched with torchrun (`launcher: torchrun`, `nproc_per_node: N`). Runs repeated over
+`seeds` are reported as groups: mean, sample std and the per-seed values (report/seeds.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.config import load_config
@@ -36,7 +38,8 @@ from vitrobust.evaluate import evaluate_path
 from vitrobust.evaluate.core import is_evaluated
 from vitrobust.figures.cost import robustness_vs_cost
 from vitrobust.report import build_report
-from vitrobust.results import read_results
+from vitrobust.report.runs import Run, load_runs, number
+from vitrobust.report.seeds import mean_std, seed_groups
 from vitrobust.train import train
 
 
@@ -49,6 +52,7 @@ class SweepSpec(BaseModel):
     grids: list[dict[str, list[Any]]] = Field(default_factory=list, description="cartesian grids, pooled")
     runs: list[dict[str, Any]] = Field(default_factory=list, description="explicit runs: {key: value, ...}")
     suite: str = "clean"
+    seeds: list[StrictInt] = Field(default_factory=list, description="repeat every run once per seed")
     launcher: Literal["none", "torchrun"] = "none"
     nproc_per_node: int = Field(1, ge=1)
 
@@ -103,28 +107,57 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     return spec, next((c for c in (local, local.with_suffix(".yaml")) if c.is_file()), Path(spec.config))
 
 
+def _check_seeds(spec: SweepSpec, extra: list[str]) -> None:
+    dup = sorted({s for s in spec.seeds if spec.seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"seeds: {dup} listed more than once; give distinct seeds")
+    fixed = [o for o in [*spec.set, *extra] if o.split("=", 1)[0].strip() == "seed"]
+    fixed += [f"{k}={v}" for c in expand(spec) for k, v in c.items() if k == "seed"]
+    if spec.seeds and fixed:
+        raise ConfigError(f"seeds: {spec.seeds} and {fixed[0]} both set the seed: keep one of them")
+
+
 def plan(spec: SweepSpec, base: Path, out: Path, extra: list[str] | None = None) -> list[tuple[Path, list[str]]]:
     """(run dir, overrides) per run; every config is validated before anything trains.
 
     `extra` overrides (the command line's --set) apply to every run, after the grid file's.
-    A run's `name` key, if given, names its directory; otherwise the overrides do.
+    A run's `name` key, if given, names its directory; otherwise the overrides do. With `seeds`,
+    each run is planned once per seed: override `seed=S`, directory `<name>,seed=S`.
     """
+    extra = list(extra or [])
+    _check_seeds(spec, extra)
     out, runs, seen = Path(out), [], {}
     for combo in expand(spec):
         combo = dict(combo)
         name = str(combo.pop("name", "")) or run_name(combo)
-        overrides = [*spec.set, *(f"{k}={_format(v)}" for k, v in combo.items()), *(extra or [])]
-        try:
-            cfg = load_config(base, overrides)
-        except ConfigError as err:
-            raise ConfigError(f"sweep run {name!r}: {err}") from None
-        key = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
-        if key in seen:  # the same configuration reached from two grids is trained once
-            print(f"   {name}: same configuration as {seen[key]}, not repeated", flush=True)
-            continue
-        seen[key] = name
-        runs.append((out / name, [*overrides, f"name={name}"]))
+        overrides = [*spec.set, *(f"{k}={_format(v)}" for k, v in combo.items()), *extra]
+        for seed in spec.seeds or [None]:
+            run, run_overrides = (name, overrides) if seed is None else (f"{name},seed={seed}",
+                                                                           [*overrides, f"seed={seed}"])
+            try:
+                cfg = load_config(base, run_overrides)
+            except ConfigError as err:
+                raise ConfigError(f"sweep run {run!r}: {err}") from None
+            key = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+            if key in seen:  # the same configuration reached from two grids is trained once
+                print(f"   {run}: same configuration as {seen[key]}, not repeated", flush=True)
+                continue
+            seen[key] = run
+            runs.append((out / run, [*run_overrides, f"name={run}"]))
     return runs
+
+
+def run_seed(overrides: list[str]) -> int | None:
+    """The seed a planned run's overrides end with (`seed=S` before `name=`), None without a seeds axis."""
+    last = overrides[-2] if len(overrides) > 1 else ""
+    return int(last.removeprefix("seed=")) if re.fullmatch(r"seed=-?\d+", last) else None
+
+
+def _summary(run_dir: Path, overrides: list[str], seeded: bool) -> dict:
+    """A run in sweep.json: its group is the name without the seed part (the name itself without seeds)."""
+    seed = run_seed(overrides) if seeded else None
+    group = run_dir.name if seed is None else run_dir.name.removesuffix(f",seed={seed}")
+    return {"name": run_dir.name, "group": group, "seed": seed, "overrides": overrides}
 
 
 def _torchrun(args: list[str], nproc: int) -> None:
@@ -141,15 +174,35 @@ def _set_args(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
+def _robust(run: Run) -> float | None:
+    return (run.entry("autoattack") or run.entry("pgd") or {}).get("robust_top1")
+
+
+def _point(name: str, runs: list[Run]) -> dict:
+    """Mean params, FLOPs, clean and robust top-1 over runs (with clean_std/robust_std for a seed group)."""
+    point: dict = {"name": name}
+    for key, get in (("params", lambda r: r.meta.get("params")), ("flops", lambda r: r.meta.get("flops")),
+                     ("clean", lambda r: (r.entry("clean") or {}).get("top1")), ("robust", _robust)):
+        point[key], std = mean_std([v for r in runs if (v := number(get(r))) is not None])
+        if len(runs) > 1 and key in ("clean", "robust"):
+            point[f"{key}_std"] = std
+    return point
+
+
 def cost_points(run_dirs: list[Path]) -> list[dict]:
-    """Per run: name, params, flops, clean and robust top-1 (AutoAttack if present, else PGD)."""
-    points = []
-    for run in run_dirs:
-        res = read_results(Path(run) / "results.json")
-        meta = res.get("meta", {})
-        robust = res.get("autoattack", res.get("pgd", {})).get("robust_top1")
-        points.append({"name": Path(run).name, "params": meta.get("params"), "flops": meta.get("flops"),
-                       "clean": res.get("clean", {}).get("top1"), "robust": robust})
+    """Per run, or per group of runs repeated over seeds: name, params, flops, clean and robust top-1
+    (AutoAttack if present, else PGD); a group gives means and clean_std/robust_std."""
+    runs = load_runs(run_dirs)
+    groups = seed_groups(runs)
+    group_of = {id(r): g for g, members in groups.items() for r in members}
+    points, done = [], set()
+    for run in runs:
+        group = group_of.get(id(run))
+        if group is None:
+            points.append(_point(run.name, [run]))
+        elif group not in done:
+            done.add(group)
+            points.append(_point(group, groups[group]))
     return points
 
 
@@ -158,7 +211,8 @@ def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] 
     spec, base = load_sweep(grid)
     out = Path(out or Path("runs") / spec.name)
     runs = plan(spec, base, out, overrides)
-    print(f"sweep {spec.name}: {len(runs)} runs of {base} -> {out}", flush=True)
+    axis = f" ({len(runs) // len(spec.seeds)} configs x {len(spec.seeds)} seeds)" if spec.seeds else ""
+    print(f"sweep {spec.name}: {len(runs)} runs{axis} of {base} -> {out}", flush=True)
     if dry_run:
         for run_dir, run_overrides in runs:
             print(f"  {run_dir.name}: {' '.join(run_overrides)}")
@@ -179,8 +233,8 @@ def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] 
     extra = [robustness_vs_cost(cost_points(dirs), out / "figures" / "robustness_vs_cost.png")]
     report = build_report(dirs, out / "report.html", title=f"vitrobust sweep: {spec.name}",
                           extra_figures=[("Accuracy vs parameters and FLOPs", p) for p in extra if p])
-    summary = {"name": spec.name, "config": str(base), "suite": spec.suite,
-               "runs": [{"name": d.name, "overrides": o} for d, o in runs]}
+    summary = {"name": spec.name, "config": str(base), "suite": spec.suite, "seeds": spec.seeds,
+               "runs": [_summary(d, o, bool(spec.seeds)) for d, o in runs]}
     atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
     print(f"report: {report}", flush=True)
     return report

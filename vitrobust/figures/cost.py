@@ -8,9 +8,10 @@ from vitrobust.figures.base import plt, save_figure
 
 
 def robustness_vs_cost(points: list[dict], path: Path) -> Path | None:
-    """Clean and robust top-1 vs parameters and vs FLOPs (log x), one point per run; None if < 2 runs.
+    """Clean and robust top-1 vs parameters and vs FLOPs (log x), one point per run; None if < 2 points.
 
-    `points`: one dict per run with name, params, flops, clean and robust (top-1 fractions or None)."""
+    `points`: one dict per run with name, params, flops, clean and robust (top-1 fractions or None);
+    a point that stands for runs repeated over seeds may add clean_std and robust_std (error bars)."""
     points = [p for p in points if p.get("params") and p.get("clean") is not None]
     if len(points) < 2:
         return None
@@ -19,8 +20,10 @@ def robustness_vs_cost(points: list[dict], path: Path) -> Path | None:
         shown = [p for p in points if p[key]]
         for metric, marker in (("clean", "o"), ("robust", "s")):
             xy = [(p[key] / scale, 100 * p[metric], p["name"]) for p in shown if p[metric] is not None]
+            err = [100 * (p.get(f"{metric}_std") or 0.0) for p in shown if p[metric] is not None]
             if xy:
-                ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], marker=marker, label=f"{metric} top-1")
+                ax.errorbar([x for x, _, _ in xy], [y for _, y, _ in xy], yerr=err if any(err) else None,
+                            fmt=marker, capsize=3, label=f"{metric} top-1")
                 for x, y, name in xy:
                     ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel=label, ylabel="top-1 (%)", xscale="log", title=f"Accuracy vs {label.split(' ')[0]}")

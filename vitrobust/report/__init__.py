@@ -3,14 +3,17 @@ one self-contained HTML page, its Markdown twin, and the leaderboard as LaTeX an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.errors import InputError
+from vitrobust.figures.seeds import seed_bars
 from vitrobust.report.html import Page, render_html, render_markdown
 from vitrobust.report.runs import Run, as_runs, load_runs
-from vitrobust.report.sections import build_sections
+from vitrobust.report.sections import Section, build_sections
+from vitrobust.report.seeds import aggregate, seed_notes, seeds_table
 from vitrobust.report.tables import leaderboard, markdown_table, summary_rows, text_table
 
 
@@ -40,7 +43,8 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
 
     `out` defaults to RUN/report.html for one run, else ./report.html. Plots the report draws go to
     figures/ beside it (the Markdown links them; the HTML embeds them). `sort` names a leaderboard
-    column (see tables.leaderboard); `extra_figures` are (caption, PNG) drawn by the caller.
+    column (see tables.leaderboard); `extra_figures` are (caption, PNG) drawn by the caller. Runs that
+    differ only by seed also get a Seeds section and seeds.json beside the page (report/seeds.py).
     """
     if out and Path(out).suffix.lower() not in ("", ".html", ".htm"):
         raise InputError(f"--out {out} should name the HTML page (e.g. report.html); the Markdown, LaTeX and "
@@ -54,6 +58,15 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
     atomic_write_text(files["csv"], board.csv())
 
     sections = build_sections(board.runs, out.parent / "figures", list(extra_figures))
+    if (paired := board.paired_table()) is not None:  # is a difference real? (report/tables.py comparisons)
+        sections.insert(0, Section("paired", "Paired comparisons", [paired], notes=[
+            "McNemar's exact test counts the images only one of the two runs got right; a difference with "
+            "p >= 0.05 may be chance. Runs evaluated on other images (another subset or data) are not paired."]))
+    if groups := aggregate(board.runs, board.columns):  # runs repeated over seeds (report/seeds.py)
+        atomic_write_text(out.parent / "seeds.json", json.dumps(groups, indent=2))
+        bars = seed_bars(groups, out.parent / "figures" / "report_seeds.png")
+        sections.append(Section("seeds", "Runs repeated over seeds", [seeds_table(groups, board.columns)],
+                                [("Top-1 over seeds: mean, std, each seed", bars)] if bars else [], seed_notes(groups)))
     page = Page(title, board.runs, board.table(), board.notes(), failed_checks(board.runs), sections,
                 downloads=[files["latex"], files["csv"]])
     atomic_write_text(files["markdown"], render_markdown(page, out.parent))

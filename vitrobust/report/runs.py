@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrobust.errors import InputError
-from vitrobust.results import read_metrics, read_results
+from vitrobust.results import read_metrics, read_per_image, read_results
 from vitrobust.shift_sets import LABELS
 
 SHIFTS = LABELS  # distribution-shift benchmarks in report order, with their display names
@@ -31,6 +31,7 @@ class Run:
     results_path: Path
     results: dict
     metrics: list[dict] = field(default_factory=list)
+    _per_image: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def figures_dir(self) -> Path:
@@ -49,6 +50,21 @@ class Run:
     def entry(self, name: str) -> dict | None:
         value = self.results.get(name)
         return value if isinstance(value, dict) else None
+
+    def key_of(self, entry: dict | None) -> str | None:
+        """The results.json key (a benchmark, or a key under `variants`) that holds this very entry."""
+        for key, value in self.results.items():
+            if value is entry:
+                return key
+        variants = self.results.get("variants")
+        return next((k for k, v in variants.items() if v is entry), None) if isinstance(variants, dict) else None
+
+    def per_image(self, entry: dict | None, path: str):
+        """(values, images digest) saved beside results.json for `path` of the entry, or None."""
+        if self._per_image is None:
+            self._per_image = read_per_image(self.results_path)
+        key = self.key_of(entry)
+        return None if key is None else self._per_image.get(key, {}).get(path)
 
     def shifts(self, parts: bool = False) -> dict[str, tuple[str, dict]]:
         """{key: (label, entry)} of every shift result with a top1, in SHIFTS order.

@@ -200,7 +200,7 @@ def published(runs: list[Run]) -> Section:
     if rows:
         header = ["run", "number", "published", "measured", "difference", "measured 95% CI", "published inside", "n"]
         sec.tables.append(Table(header, rows, "Released models: the published number beside the measured one "
-                                              "(accuracies in %, mCE x100; interval: Wilson, on the n images measured)",
+                                              "(accuracies in %, mCE x100; the measured number's 95% interval)",
                                 text_columns=2))
     return sec
 

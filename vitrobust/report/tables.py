@@ -15,10 +15,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from vitrobust.errors import InputError, suggest
 from vitrobust.report.runs import Run, as_runs, number, shift_labels
+from vitrobust.stats import ALPHA, mcnemar, wilson
 
 MISSING = "-"
+ACCURACIES = ("top1", "clean_top1", "robust_top1")  # fractions of n images correct: a Wilson interval applies
 
 # unit -> (how a header shows it, what the CSV header says its plain values are, display formatter)
 UNITS: dict[str, tuple[str, str, Callable[[float], str]]] = {
@@ -70,6 +74,31 @@ class Column:
 
     def show(self, value: float | None) -> str:
         return MISSING if value is None else UNITS[self.unit][2](value)
+
+    def interval(self, run: Run) -> list[float] | None:
+        """The entry's 95% interval of this number (results.json `ci95`, same unit as the value), or None."""
+        entry = self.find(run)
+        if not isinstance(entry, dict):
+            return None
+        ci = (entry.get("ci95") or {}).get(self.field)
+        if isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci):
+            return ci
+        value, n = number(entry.get(self.field)), number(entry.get("n"))
+        if self.field in ACCURACIES and value is not None and n:  # results written before intervals were
+            return list(wilson(round(value * n), int(n)))
+        return None
+
+    def show_with(self, value: float | None, ci: list[float] | None) -> str:
+        """The value and the half-width of its interval, e.g. `40.00 ± 9.6`."""
+        if value is None or ci is None or self.unit not in ("%", "x100"):
+            return self.show(value)
+        half = (ci[1] - ci[0]) / 2 * (100 if self.unit == "%" else 1)
+        return f"{self.show(value)} ± {half:.1f}"
+
+    def paired(self, run: Run) -> tuple | None:
+        """This number's per-image correctness (bool values, images digest) saved beside the run's results."""
+        found = run.per_image(self.find(run), self.field)
+        return found if found is not None and found[0].dtype == torch.bool else None
 
 
 def eps_text(eps) -> str:
@@ -152,6 +181,7 @@ def leaderboard_columns(runs: list[Run]) -> list[Column]:
 class Leaderboard:
     runs: list[Run]
     columns: list[Column]
+    _comparisons: list[dict] | None = field(default=None, repr=False)
 
     @property
     def header(self) -> list[str]:
@@ -160,26 +190,82 @@ class Leaderboard:
     def values(self) -> list[list[float | None]]:
         return [[c.value(run) for c in self.columns] for run in self.runs]
 
-    def best(self) -> set[tuple[int, int]]:
-        """(row, column) of the best shown value of every score column that two or more runs share."""
-        cells = set()
+    def _top(self) -> dict[int, list[int]]:
+        """column index -> rows holding its best shown value (score columns that two or more runs share)."""
+        tops = {}
         values = self.values()
         for j, col in enumerate(self.columns):
             shown = [(i, float(col.show(row[j]))) for i, row in enumerate(values) if row[j] is not None]
             if col.better and len(shown) > 1:
                 top = max(v * col.better for _, v in shown)
-                cells |= {(i, j + 2) for i, v in shown if v * col.better == top}
+                tops[j] = [i for i, v in shown if v * col.better == top]
+        return tops
+
+    def comparisons(self) -> list[dict]:
+        """Each score column's best run against every other run with the same column: McNemar's exact test
+        when both saved per-image correctness on the same images (a paired comparison), else unpaired."""
+        if self._comparisons is None:
+            self._comparisons = self._compare()
+        return self._comparisons
+
+    def _compare(self) -> list[dict]:
+        out, values = [], self.values()
+        for j, rows in self._top().items():
+            col, best = self.columns[j], rows[0]
+            mine = col.paired(self.runs[best])
+            for i, run in enumerate(self.runs):
+                if i == best or values[i][j] is None:
+                    continue
+                theirs = col.paired(run)
+                row = {"column": j, "best": best, "other": i,
+                       "difference": values[best][j] - values[i][j]}
+                if mine is not None and theirs is not None and mine[1] == theirs[1]:
+                    row.update(mcnemar(mine[0], theirs[0]), paired=True)
+                else:
+                    row.update(paired=False)
+                out.append(row)
+        return out
+
+    def best(self) -> set[tuple[int, int]]:
+        """(row, column) cells to emphasise: the best shown value of every score column two or more runs
+        share, and every value not significantly different from it (paired, at ALPHA)."""
+        cells = {(i, j + 2) for j, rows in self._top().items() for i in rows}
+        cells |= {(c["other"], c["column"] + 2) for c in self.comparisons() if c["paired"] and not c["significant"]}
         return cells
 
     def table(self) -> Table:
-        rows = [[run.name, str(run.meta.get("model", MISSING)), *map(Column.show, self.columns, vals)]
+        rows = [[run.name, str(run.meta.get("model", MISSING)),
+                 *(c.show_with(v, c.interval(run)) for c, v in zip(self.columns, vals))]
                 for run, vals in zip(self.runs, self.values())]
         return Table(self.header, rows, bold=self.best(), text_columns=2)
 
+    def paired_table(self) -> Table | None:
+        """The paired comparisons as a table (None without any), differences in the column's display unit."""
+        rows = []
+        for c in (c for c in self.comparisons() if c["paired"]):
+            col = self.columns[c["column"]]
+            scale = 100 if col.unit == "%" else 1
+            rows.append([col.label, self.runs[c["best"]].name, self.runs[c["other"]].name,
+                         f"{scale * c['difference']:+.2f}", f"{c['a_only']} / {c['b_only']}", f"{c['p']:.3g}",
+                         f"significant (p < {ALPHA:g})" if c["significant"] else "not significant"])
+        if not rows:
+            return None
+        header = ["number", "best run", "other run", "difference", "discordant images (best only / other only)",
+                  "p (McNemar exact)", f"at {ALPHA:g}"]
+        return Table(header, rows, "Each column's best run against the others, image by image on the same images",
+                     text_columns=3)
+
     def notes(self) -> list[str]:
-        """Where a column compares numbers measured on different sample counts, and which runs also hold
-        results measured with other settings (results.json `variants`: not shown, the main ones are)."""
+        """How to read the intervals and the emphasis; where a column compares numbers measured on different
+        sample counts; which runs also hold results measured with other settings (results.json `variants`:
+        not shown, the main ones are)."""
         out = []
+        if any(c.interval(run) for c in self.columns for run in self.runs):
+            out.append("a ± b: the number and the half-width of its 95% interval (Wilson for accuracies, "
+                       "bootstrap over images for mCE and mean scores)")
+        if any(c["paired"] for c in self.comparisons()):
+            out.append(f"bold: each column's best and every run not significantly different from it "
+                       f"(McNemar's exact test on the same images, {ALPHA:g} level; see Paired comparisons)")
         for run in self.runs:
             variants = run.results.get("variants")
             if isinstance(variants, dict) and variants:
@@ -193,12 +279,22 @@ class Leaderboard:
         return out
 
     def csv(self) -> str:
+        """One column per number, and after each number that has intervals its 95% bounds."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["run", "model", *(c.csv_label for c in self.columns)])
+        with_ci = [any(c.interval(run) for run in self.runs) for c in self.columns]
+        header = ["run", "model"]
+        for c, ci in zip(self.columns, with_ci):
+            header += [c.csv_label, *([f"{c.csv_label} ci95 low", f"{c.csv_label} ci95 high"] if ci else [])]
+        writer.writerow(header)
         for run, vals in zip(self.runs, self.values()):
             # repr keeps every digit, so the CSV parses back to the results files' exact numbers
-            cells = ("" if v is None else repr(v) for v in vals)
+            cells = []
+            for c, v, ci in zip(self.columns, vals, with_ci):
+                cells.append("" if v is None else repr(v))
+                if ci:
+                    bounds = c.interval(run) or ["", ""]
+                    cells += [repr(b) if b != "" else "" for b in bounds]
             writer.writerow([run.name, run.meta.get("model", ""), *cells])
         return buf.getvalue()
 
