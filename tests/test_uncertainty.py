@@ -161,3 +161,17 @@ def test_the_report_shows_intervals_and_which_differences_are_significant(tmp_pa
     assert "ci95 low" in csv_header and "ci95 high" in csv_header
     page = build_report(runs, tmp_path / "report.html").read_text()
     assert "Paired comparisons" in page and "McNemar" in page and "half-width of its 95% interval" in page
+
+
+def test_the_eps_curve_draws_its_interval_band(tmp_path, monkeypatch):
+    import vitrobust.figures.adversarial as figures
+
+    bands = []
+    real = figures.plt.Axes.fill_between
+    monkeypatch.setattr(figures.plt.Axes, "fill_between", lambda ax, x, lo, hi, **kw: bands.append((lo, hi))
+                        or real(ax, x, lo, hi, **kw))
+    sweep = {"eps_list": [0.0, 0.1], "robust_top1": [0.8, 0.4], "norm": "Linf", "attack": "pgd",
+             "ci95": {"robust_top1.0": [0.7, 0.88], "robust_top1.1": [0.3, 0.5]}}
+    path = figures.accuracy_vs_eps({"with": sweep, "without": {**sweep, "ci95": {}}}, tmp_path / "eps.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bands == [([70.0, 30.0], [88.0, 50.0])]  # one band, in percent, for the run with intervals

@@ -22,7 +22,8 @@ def _named(sweeps) -> dict[str, dict]:
 
 
 def accuracy_vs_eps(sweeps: Mapping[str, dict] | Sequence[dict] | dict, path: str | Path, title: str | None = None) -> Path:
-    """Robust top-1 (%) against eps, one line per eps_sweep results dict (`eps_list`, `robust_top1`).
+    """Robust top-1 (%) against eps, one line per eps_sweep results dict (`eps_list`, `robust_top1`), with
+    a band for its 95% interval where the dict has `ci95` (`robust_top1.<i>`).
 
     `sweeps` is one results dict, a list of them, or {label: results dict} to overlay runs.
     """
@@ -37,7 +38,12 @@ def accuracy_vs_eps(sweeps: Mapping[str, dict] | Sequence[dict] | dict, path: st
             raise ValueError(f"{label or 'sweep'}: {len(eps)} eps values but {len(acc)} accuracies")
         norms.add(sweep.get("norm", ""))
         name = label or sweep.get("attack", "")
-        ax.plot(eps, [100 * a for a in acc], marker="o", label=f"{name} ({sweep.get('attack', '')})" if label else name)
+        line, = ax.plot(eps, [100 * a for a in acc], marker="o",
+                        label=f"{name} ({sweep.get('attack', '')})" if label else name)
+        bands = [(sweep.get("ci95") or {}).get(f"robust_top1.{i}") for i in range(len(eps))]
+        if all(bands):  # the 95% interval at each eps (results written with intervals)
+            ax.fill_between(eps, [100 * b[0] for b in bands], [100 * b[1] for b in bands], color=line.get_color(),
+                            alpha=0.15, linewidth=0)
     ax.set(xlabel=f"eps ({'/'.join(sorted(n for n in norms if n)) or 'norm'})", ylabel="robust top-1 (%)",
            title=title or "Robust accuracy against the attack budget", ylim=(-2, 102))
     ax.grid(alpha=0.3)
