@@ -29,7 +29,7 @@ from vitrobust.config import ConfigError, load_config, objective_params
 from vitrobust.data import DATASETS, Batch, DatasetError, load_split
 from vitrobust.errors import CheckpointError
 from vitrobust.evaluate import BENCHMARKS, SUITES, EvalContext
-from vitrobust.evaluate.core import run_suite
+from vitrobust.evaluate.core import PER_IMAGE, run_suite
 from vitrobust.models import CHECKPOINT_FORMATS, build_model
 from vitrobust.models.tokenizer_io import save_tokenizer
 from vitrobust.models.vqgan import build_tokenizer
@@ -155,9 +155,10 @@ def test_objective_loss_on_a_tiny_vit(name, resources, tiny_idx_root):
 
 
 def top1_values(entry, key: str = "") -> list:
-    """Every leaf under a key named `top1` or ending in `_top1`, at any depth (lists included)."""
+    """Every leaf under a key named `top1` or ending in `_top1`, at any depth (lists included); intervals
+    (`ci95`) and published numbers are not accuracies of this run."""
     if isinstance(entry, dict):
-        return [v for k, sub in entry.items() for v in top1_values(sub, str(k))]
+        return [v for k, sub in entry.items() if k not in ("ci95", "published") for v in top1_values(sub, str(k))]
     if isinstance(entry, (list, tuple)):
         return [v for sub in entry for v in top1_values(sub, key)]
     return [entry] if key == "top1" or key.endswith("_top1") else []
@@ -166,7 +167,15 @@ def top1_values(entry, key: str = "") -> list:
 def check_entry(entry, ctx: EvalContext) -> None:
     """What every results.json entry owes the reports that read it."""
     assert isinstance(entry, dict)
+    per_image = entry.pop(PER_IMAGE, None)  # tensors: saved beside results.json, not in it
     json.dumps(entry, allow_nan=False)  # plain data, no NaN / inf
+    if "skipped" not in entry:  # measured: per-image results, and an interval for each
+        assert per_image, "a measured entry returns its per-image results (evaluate.core.per_image)"
+        for path, (values, digest) in per_image.items():
+            assert isinstance(values, torch.Tensor) and values.ndim == 1 and isinstance(digest, str) and digest
+            lo, hi = entry["ci95"][path]
+            mean = values.float().mean().item()
+            assert lo - 1e-6 <= mean <= hi + 1e-6, (path, mean, lo, hi)
     assert isinstance(entry.get("seconds"), Real) and entry["seconds"] >= 0
     fractions = top1_values(entry)
     bad = [v for v in fractions if isinstance(v, bool) or not isinstance(v, Real) or not 0.0 <= v <= 1.0]

@@ -364,6 +364,7 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
         return lambda idx: math.nan if (v := scores(idx)[key]) is None else float(v)
 
     ci95 = {key: bootstrap(stat(key), n, resamples, seed) for key in ("mce", "relative_mce")}
+    ci95 = {key: ci for key, ci in ci95.items() if all(math.isfinite(v) for v in ci)}  # undefined: no interval
     how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
     return ci95, [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
 
