@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitrobust.errors import ConfigError, suggest
 from vitrobust.registry import ATTACK_ENGINES, OBJECTIVES
@@ -50,22 +50,34 @@ class MaskConfig(Section):
     split_seed: int = 0
 
 
+FOLLOWS_TRAINING = ("imagefolder",)  # datasets whose evaluation resize follows the training crop (Config)
+RRC_CROP_PCT = 0.875  # the ImageNet convention: 256 -> 224
+
+
 class DataConfig(Section):
     name: str = "fashion_mnist"
     root: str | None = None
     download: bool = False
     img_size: int | None = Field(None, description="resize to this size; default: the dataset's own size")
     crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation resize rule of datasets read from image "
-                                   "files: shorter side to img_size / crop_pct, centre crop (default: the dataset's, "
-                                   "0.875 for ImageNet; imported models carry their own)")
+                                   "files: shorter side to img_size / crop_pct, centre crop (default: 0.875 for "
+                                   "ImageNet; imagefolder follows training: 0.875 after augment.crop=rrc, else 1, "
+                                   "the plain resize training used; imported models carry their own)")
     interpolation: Literal["bilinear", "bicubic"] | None = Field(None, description="resize filter of that rule "
                                                                   "(default: the dataset's, bilinear for ImageNet)")
+    in_chans: Literal[1, 3] | None = Field(None, description="channels of datasets read from image files (1: "
+                                 "grayscale, 3: RGB; default 3); every image is converted, whatever its mode")
+    skip_bad: bool = Field(False, description="datasets read from image files: skip images that cannot be decoded "
+                           "(and report how many) instead of stopping with the file's name")
     train_subset: int | None = Field(None, ge=1, description="first n training samples")
     test_subset: int | None = Field(None, ge=1, description="first n test samples")
     batch_size: int = Field(128, ge=1, description="global batch size (split across ranks)")
     eval_batch_size: int = Field(500, ge=1)
     num_workers: int = Field(0, ge=0)
-    in_memory: bool = Field(True, description="decode once and keep uint8 tensors in memory")
+    in_memory: bool | Literal["auto"] = Field("auto", description="decode once and keep uint8 tensors in memory; "
+                                              "auto: when the decoded split fits data.memory_budget_gb, else "
+                                              "decode lazily in data.num_workers worker processes")
+    memory_budget_gb: float = Field(4.0, gt=0, description="in_memory=auto: the most a decoded split may take")
     masks: MaskConfig = Field(default_factory=MaskConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
 
@@ -288,6 +300,16 @@ class Config(Section):
     def _check_objective(cls, value: dict[str, Any]) -> dict[str, Any]:
         params = objective_params(value)  # raises ConfigError on a bad name or key
         return {"name": value.get("name", "standard"), **params.model_dump()}
+
+    @model_validator(mode="after")
+    def _test_resize_follows_training(self) -> Config:
+        """A user's folder dataset is evaluated at the scale it was trained at: after random-resized-crop
+        training, the ImageNet rule (shorter side to img_size / 0.875, centre crop); after training on
+        whole images (no crop, or pad-and-crop), the same plain resize. The resolved value is written into
+        the run's config.yaml, so evaluation repeats it."""
+        if self.data.name in FOLLOWS_TRAINING and self.data.crop_pct is None:
+            self.data.crop_pct = RRC_CROP_PCT if self.augment.crop == "rrc" else 1.0
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

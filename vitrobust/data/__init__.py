@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,7 +17,7 @@ from vitrobust.data.loader import Batch, BatchLoader
 from vitrobust.data.masks import attach_masks
 from vitrobust.data.splits import apply_split
 from vitrobust.data.textured import load_fashion_mnist_textured
-from vitrobust.errors import DatasetError
+from vitrobust.errors import ConfigError, DatasetError
 from vitrobust.registry import Registry
 
 # name -> loader(split, root=..., download=..., img_size=..., in_memory=...) -> ImageSet; a loader also
@@ -39,6 +40,39 @@ def register_dataset(name: str, loader: Callable[..., ImageSet]) -> None:
     DATASETS.add(name, loader)
 
 
+SHARED = ("root", "img_size", "in_memory", "memory_budget_gb")  # given to a loader that takes them
+WHEN_SET = {  # given only when set; a loader that does not take one it is given is a ConfigError
+    "download": lambda cfg: cfg.download,
+    "crop_pct": lambda cfg: cfg.crop_pct is not None,
+    "interpolation": lambda cfg: cfg.interpolation is not None,
+    "in_chans": lambda cfg: cfg.in_chans is not None,
+    "skip_bad": lambda cfg: cfg.skip_bad,
+    "options": lambda cfg: bool(cfg.options),
+}
+
+
+def _parameters(loader: Callable) -> tuple[set[str], bool]:
+    """Keyword names a loader takes, and whether it takes any (a **kwargs catch-all)."""
+    params = inspect.signature(loader).parameters.values()
+    return {p.name for p in params}, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def loader_kwargs(cfg: DataConfig, loader: Callable) -> dict:
+    """The data.* settings a dataset's loader gets. A setting the loader does not take is a ConfigError
+    naming it and what the dataset takes: no setting is silently ignored."""
+    names, anything = _parameters(loader)
+    kwargs = {k: getattr(cfg, k) for k in SHARED if anything or k in names}
+    for key, is_set in WHEN_SET.items():
+        if not is_set(cfg):
+            continue
+        if not anything and key not in names:
+            takes = sorted(n for n in names if n in SHARED or n in WHEN_SET)
+            raise ConfigError(f"data.{key} does not apply to the dataset {cfg.name!r}; it takes: "
+                              f"{', '.join(f'data.{n}' for n in takes)}")
+        kwargs[key] = getattr(cfg, key)
+    return kwargs
+
+
 def load_split(cfg: DataConfig, split: str) -> ImageSet:
     """The split ('train' or 'test'), cached per process; subsets are the first n samples.
 
@@ -48,14 +82,10 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     load = DATASETS.get(cfg.name, key="data.name")
     masks = cfg.masks
     source = "train" if masks.split != "none" else split
-    key = (cfg.name, source, cfg.root, cfg.img_size, cfg.in_memory, cfg.crop_pct, cfg.interpolation,
-           json.dumps(cfg.options, sort_keys=True, default=str))
+    key = (cfg.name, source, cfg.root, cfg.img_size, cfg.in_memory, cfg.crop_pct, cfg.interpolation, cfg.in_chans,
+           cfg.skip_bad, cfg.memory_budget_gb, json.dumps(cfg.options, sort_keys=True, default=str))
     if key not in _CACHE:
-        extra = {"options": cfg.options} if cfg.options else {}
-        extra.update({k: getattr(cfg, k) for k in ("crop_pct", "interpolation") if getattr(cfg, k) is not None})
-        _CACHE[key] = load(
-            source, root=cfg.root, download=cfg.download, img_size=cfg.img_size, in_memory=cfg.in_memory, **extra
-        )
+        _CACHE[key] = load(source, **loader_kwargs(cfg, load))
     data = _CACHE[key]
     if masks.source != "none":
         how = masks.model_dump(include={"source", "root", "threshold", "callable", "resize", "missing"})

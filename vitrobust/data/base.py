@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from vitrobust.errors import DatasetError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MEMORY_BUDGET_GB = 4.0  # data.memory_budget_gb
+
+
+def keep_in_memory(setting: bool | str, n: int, chans: int, size: int, budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+                   what: str = "dataset") -> bool:
+    """data.in_memory resolved for a split of n decoded uint8 chans x size x size images: "auto" keeps it
+    in memory when it fits the budget; True beyond the budget is an error (it would exhaust memory)."""
+    need = n * chans * size * size
+    budget = budget_gb * 2**30
+    if setting == "auto":
+        return need <= budget
+    if setting and need > budget:
+        raise DatasetError(
+            f"{what}: {n:,} images take {need / 2**30:.1f} GiB decoded, more than data.memory_budget_gb="
+            f"{budget_gb:g}; set data.in_memory=auto (decoded lazily in data.num_workers worker processes) "
+            f"or raise data.memory_budget_gb"
+        )
+    return bool(setting)
+
+
+def decode_all(read: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
+    """Every sample decoded, by a pool of threads (PIL decodes and resizes without holding the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return torch.stack(list(pool.map(read, range(n))))
 
 
 @dataclass(frozen=True)

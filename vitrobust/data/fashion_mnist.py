@@ -78,7 +78,7 @@ def find_root(root: str | None, download: bool) -> Path:
     )
 
 
-def load_fashion_mnist(split: str, root: str | None = None, download: bool = False, **_) -> ImageSet:
+def load_fashion_mnist(split: str, root: str | None = None, download: bool = False) -> ImageSet:
     base = find_root(root, download)
     img_stem, lbl_stem = FILES[split]
     images = read_idx(_find(base, img_stem))

@@ -23,13 +23,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
+from vitrobust.data.base import (
+    DEFAULT_MEMORY_BUDGET_GB,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageSet,
+    decode_all,
+    keep_in_memory,
+)
 from vitrobust.data.folders import IMAGE_EXTENSIONS
 from vitrobust.errors import DatasetError
 
 IMAGENET_CLASSES = 1000
 DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION = 0.875, "bilinear"  # torchvision's Resize(256) + CenterCrop(224)
-MAX_IN_MEMORY = 20_000  # images (3 GB at 224 px): beyond that, decoding everything up front is a mistake
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
@@ -128,15 +134,13 @@ def image_set(
     preprocess: Preprocess,
     name: str,
     info: dict,
-    in_memory: bool = False,
+    in_memory: bool | str = False,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
 ) -> ImageSet:
     files = tuple(path for path, _ in samples)
     read = FileReader(files, preprocess)
-    if in_memory and len(files) > MAX_IN_MEMORY:
-        raise DatasetError(
-            f"{name}: {len(files):,} images will not fit in memory decoded; set data.in_memory=false"
-        )
-    images = torch.stack([read(i) for i in range(len(files))]) if in_memory else None
+    in_memory = keep_in_memory(in_memory, len(files), 3, preprocess.size, memory_budget_gb, name)
+    images = decode_all(read, len(files)) if in_memory else None
     return ImageSet(
         labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
         classes=classes,
@@ -166,16 +170,19 @@ def split_folder(root: Path, split: str) -> Path:
 
 
 def load_imagenet_val(
-    root: str | Path, preprocess: Preprocess, what: str = "imagenet", in_memory: bool = False
+    root: str | Path, preprocess: Preprocess, what: str = "imagenet", in_memory: bool | str = False,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
 ) -> ImageSet:
     """ImageNet val in class folders (wnids, as the usual valprep script leaves it); any subset of classes."""
     folder = split_folder(Path(root).expanduser(), "val")
     samples = labelled_folders(folder, imagenet_wnids(), what, "ImageNet wnids (n01440764, ...)")
-    return image_set(samples, imagenet_wnids(), preprocess, "imagenet_val", {"root": str(folder)}, in_memory)
+    return image_set(samples, imagenet_wnids(), preprocess, "imagenet_val", {"root": str(folder)}, in_memory,
+                     memory_budget_gb)
 
 
 def load_imagenet_5k(
-    root: str | Path, preprocess: Preprocess, what: str = "imagenet", in_memory: bool = False
+    root: str | Path, preprocess: Preprocess, what: str = "imagenet", in_memory: bool | str = False,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
 ) -> ImageSet:
     """RobustBench's 5,000 val images, in RobustBench's order; all must be present."""
     folder = split_folder(Path(root).expanduser(), "val")
@@ -188,18 +195,19 @@ def load_imagenet_5k(
         )
     index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
     samples = [(str(folder / rel), index[rel.split("/")[0]]) for rel in listed]
-    return image_set(samples, imagenet_wnids(), preprocess, "imagenet_5k", {"root": str(folder)}, in_memory)
+    return image_set(samples, imagenet_wnids(), preprocess, "imagenet_5k", {"root": str(folder)}, in_memory,
+                     memory_budget_gb)
 
 
 def load_imagenet(
     split: str,
     root: str | None = None,
     img_size: int | None = None,
-    in_memory: bool = False,
+    in_memory: bool | str = False,
     robustbench_5k: bool = False,
     crop_pct: float | None = None,
     interpolation: str | None = None,
-    **_,
+    memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
 ) -> ImageSet:
     """The `imagenet` dataset (and `imagenet_5k`: its test split is RobustBench's 5,000 images).
 
@@ -219,9 +227,8 @@ def load_imagenet(
         samples = labelled_folders(
             folder, imagenet_wnids(), "imagenet train", "ImageNet wnids (n01440764, ...)"
         )
-        return image_set(
-            samples, imagenet_wnids(), Preprocess(size, 1.0), "imagenet", {"root": str(folder)}, in_memory
-        )
+        return image_set(samples, imagenet_wnids(), Preprocess(size, 1.0), "imagenet", {"root": str(folder)},
+                         in_memory, memory_budget_gb)
     load = load_imagenet_5k if robustbench_5k else load_imagenet_val
     preprocess = Preprocess(size, crop_pct or DEFAULT_CROP_PCT, interpolation or DEFAULT_INTERPOLATION)
-    return load(base, preprocess, in_memory=in_memory)
+    return load(base, preprocess, in_memory=in_memory, memory_budget_gb=memory_budget_gb)

@@ -112,7 +112,7 @@ def parse_options(options: dict | None) -> dict:
 
 
 def load_fashion_mnist_textured(split: str, root: str | None = None, download: bool = False,
-                                options: dict | None = None, **_) -> ImageSet:
+                                options: dict | None = None) -> ImageSet:
     opts = parse_options(options)
     base = load_fashion_mnist(split, root=root, download=download)
     garments = base.images[:, 0].numpy()

@@ -85,8 +85,10 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
             "dataset": cfg.data.name, "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name}
     meta.update({k: model.spec[k] for k in ("zoo", "imported", "preprocess") if model.spec.get(k)})
     zoo = ZOO.get(model.spec["zoo"]) if model.spec.get("zoo") in ZOO else None
+    read_with = {k: getattr(cfg.data, k) for k in ("img_size", "crop_pct", "interpolation", "in_chans")
+                 if getattr(cfg.data, k) is not None}  # how image files were read (data.* resize rule)
     data = {"name": cfg.data.name, **({"options": cfg.data.options} if cfg.data.options else {}),
-            **({"masks": cfg.data.masks.source} if cfg.data.masks.source != "none" else {})}
+            **({"masks": cfg.data.masks.source} if cfg.data.masks.source != "none" else {}), **read_with}
 
     def save(name: str, entry: dict) -> None:  # each benchmark's entry as soon as it is done
         values = entry.pop(PER_IMAGE, None)
