@@ -40,6 +40,16 @@ def tiny_config(*overrides: str) -> Config:
     return load_config("quickstart/baseline", [*TINY, *overrides])
 
 
+def untrained_run(run: Path, spec: dict, *overrides: str) -> Path:
+    """A run directory without training: `tiny_config(*overrides)` and a random model built from `spec`."""
+    from vitrobust.checkpoint import save_weights
+    from vitrobust.models import build_model
+
+    model = build_model(spec)
+    save_weights(model, Path(run) / "model.safetensors", model.spec, tiny_config(*overrides).to_yaml())
+    return Path(run)
+
+
 def set_args(overrides: list[str]) -> list[str]:
     """['a=1', 'b=2'] -> ['--set', 'a=1', '--set', 'b=2']"""
     return [arg for item in overrides for arg in ("--set", item)]

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_train import tiny_config
+from helpers_train import untrained_run
 
-from vitrobust.checkpoint import save_weights
 from vitrobust.cli import main
 from vitrobust.evaluate import evaluate_path
 from vitrobust.evaluate.merge import VARIANTS, differences, is_skip, merge_overrides, place
-from vitrobust.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,12 +54,7 @@ def test_merge_overrides_keeps_one_value_per_key_the_last_given():
 @pytest.fixture
 def run_dir(tmp_path, tiny_spec):
     """A vitrobust run without training: the quickstart config on Fashion-MNIST, a tiny random ViT."""
-    cfg = tiny_config("data.test_subset=40")
-    model = build_model(tiny_spec)
-    run = tmp_path / "run"
-    run.mkdir()
-    save_weights(model, run / "model.safetensors", model.spec, cfg.to_yaml())
-    return run
+    return untrained_run(tmp_path / "run", tiny_spec, "data.test_subset=40")
 
 
 def stored(run) -> dict:

@@ -8,13 +8,11 @@ import json
 
 import pytest
 import torch
-from helpers_train import tiny_config
+from helpers_train import untrained_run
 
-from vitrobust.checkpoint import save_weights
 from vitrobust.evaluate import evaluate_path
 from vitrobust.evaluate.core import annotate
 from vitrobust.evaluate.corruptions import Reference, mce_intervals, score
-from vitrobust.models import build_model
 from vitrobust.report import build_report, leaderboard
 from vitrobust.results import PER_IMAGE_FILE, read_per_image, write_per_image, write_results
 from vitrobust.stats import bootstrap, interval, mcnemar, wilson
@@ -107,12 +105,7 @@ def test_mce_interval_is_a_seeded_bootstrap_around_the_estimate():
 
 @pytest.fixture
 def run_dir(tmp_path, tiny_spec):
-    cfg = tiny_config("data.test_subset=48")
-    model = build_model(tiny_spec)
-    run = tmp_path / "run"
-    run.mkdir()
-    save_weights(model, run / "model.safetensors", model.spec, cfg.to_yaml())
-    return run
+    return untrained_run(tmp_path / "run", tiny_spec, "data.test_subset=48")
 
 
 def test_an_evaluation_stores_intervals_and_per_image_results(run_dir):
