@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from timm.optim import create_optimizer_v2
-from tqdm import tqdm
 
 from vitrobust.checkpoint import atomic_write_text, load_state, save_state
 from vitrobust.config import Config
@@ -26,7 +25,15 @@ from vitrobust.models.vqgan import VQTokenizer, build_tokenizer
 from vitrobust.results import MetricsLog, write_results
 from vitrobust.tokenizer.metrics import evaluate_tokenizer
 from vitrobust.tokenizer.model import TrainingTokenizer
-from vitrobust.train.loop import autocast, build_scheduler, config_diff, diverged, optimizer_step, seed_step
+from vitrobust.train.loop import (
+    EpochProgress,
+    autocast,
+    build_scheduler,
+    config_diff,
+    diverged,
+    optimizer_step,
+    seed_step,
+)
 from vitrobust.train.metrics import Window
 
 STATE_FILE = "trainer_state.pt"
@@ -156,8 +163,8 @@ class TokenizerTrainer:
         self.loader.set_epoch(epoch, start_batch)
         self.model.train()
         window, totals = Window(), Window()
-        bar = tqdm(self.loader, total=len(self.loader) - start_batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = EpochProgress(self.loader, len(self.loader) - start_batch, f"epoch {epoch + 1}/{cfg.train.epochs}",
+                            self.progress, start_batch)
         for i, batch in enumerate(bar, start=start_batch):
             seed_step(cfg.seed, self.step, 0)
             logs = self._step(batch.x, epoch)
@@ -165,7 +172,7 @@ class TokenizerTrainer:
                 w.add(logs, len(batch))
             if self.step % cfg.train.log_every == 0:
                 self._log_window("train", window, epoch)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", psnr=f"{logs['psnr']:.1f}")
+                bar.show(loss=f"{logs['loss']:.3f}", psnr=f"{logs['psnr']:.1f}")
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
                 self._save_checkpoint(epoch, i + 1)
         bar.close()

@@ -1,15 +1,20 @@
 """What every training loop here shares (the classifier trainer and the tokenizer trainer): per-step
-seeding, autocast, the timm schedule, one optimizer step, the divergence stop and the resume note."""
+seeding, autocast, the timm schedule, one optimizer step, the divergence stop, the resume note and
+the progress display."""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
 import random
+import sys
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from tqdm import tqdm
 
 from vitrobust.config import Config
 from vitrobust.errors import UserError
@@ -77,4 +82,36 @@ def diverged(what: str, loss: float, epoch: int, step: int, kept: bool, run_dir,
     return TrainingDiverged(f"{what} is {loss} at epoch {epoch + 1}, step {step}: training stopped. {where} {hint}")
 
 
-__all__ = ["TrainingDiverged", "autocast", "build_scheduler", "config_diff", "diverged", "optimizer_step", "seed_step"]
+LINE_EVERY_S = 60.0  # without a terminal: a progress line at most this often
+
+
+class EpochProgress:
+    """An epoch's progress: a tqdm bar on a terminal; in a log file, a plain line at most every
+    LINE_EVERY_S seconds (no carriage-return floods). Iterate it like the loader; `show(**values)`
+    sets what the bar's postfix and the lines say."""
+
+    def __init__(self, loader: Iterable, total: int, desc: str, enabled: bool, start: int = 0):
+        terminal = sys.stderr.isatty()
+        self.bar = tqdm(loader, total=total, desc=desc, disable=not (enabled and terminal), leave=False,
+                        dynamic_ncols=True)
+        self.lines, self.desc, self.start, self.end = enabled and not terminal, desc, start, start + total
+        self.values: dict[str, str] = {}
+        self.last = time.monotonic()
+
+    def __iter__(self) -> Iterator:
+        for done, item in enumerate(self.bar, start=self.start + 1):
+            yield item
+            if self.lines and time.monotonic() - self.last >= LINE_EVERY_S:
+                self.last = time.monotonic()
+                print("  ".join([f"{self.desc} step {done}/{self.end}", *(f"{k} {v}" for k, v in self.values.items())]),
+                      flush=True)
+
+    def show(self, **values: str) -> None:
+        self.values = values
+        self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+__all__ = ["EpochProgress", "TrainingDiverged", "autocast", "build_scheduler", "config_diff", "diverged", "optimizer_step", "seed_step"]

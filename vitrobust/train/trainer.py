@@ -11,7 +11,6 @@ from timm.data.random_erasing import RandomErasing
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from vitrobust.checkpoint import atomic_write_text, load_state, save_state, save_weights
 from vitrobust.config import Config
@@ -22,7 +21,15 @@ from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
 from vitrobust.objectives import ObjectiveContext, TrainState, build_objective
 from vitrobust.results import MetricsLog
-from vitrobust.train.loop import autocast, build_scheduler, config_diff, diverged, optimizer_step, seed_step
+from vitrobust.train.loop import (
+    EpochProgress,
+    autocast,
+    build_scheduler,
+    config_diff,
+    diverged,
+    optimizer_step,
+    seed_step,
+)
 from vitrobust.train.metrics import Window
 
 STATE_FILE = "trainer_state.pt"
@@ -163,8 +170,8 @@ class Trainer:
         self.loader.set_epoch(epoch, start_batch)
         self.ddp.train()
         window, totals = Window(), Window()
-        bar = tqdm(self.loader, total=len(self.loader) - start_batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not self.show_progress, leave=False, dynamic_ncols=True)
+        bar = EpochProgress(self.loader, len(self.loader) - start_batch, f"epoch {epoch + 1}/{cfg.train.epochs}",
+                            self.show_progress, start_batch)
         for i, batch in enumerate(bar, start=start_batch):
             seed_step(cfg.seed, state.step, self.dist.rank)
             if self.mixup is not None:
@@ -176,7 +183,7 @@ class Trainer:
                 w.add(logs, len(batch) * self.dist.world)
             if state.step % cfg.train.log_every == 0:
                 self._log_window("train", window, epoch)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.show(loss=f"{logs['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
             if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0:
                 self._save_checkpoint(epoch, i + 1)
         bar.close()
