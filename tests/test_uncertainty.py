@@ -12,7 +12,7 @@ from helpers_train import untrained_run
 
 from vitrobust.evaluate import evaluate_path
 from vitrobust.evaluate.core import annotate
-from vitrobust.evaluate.corruptions import Reference, mce_intervals, score
+from vitrobust.evaluate.corruptions import Reference, flag_path, mce_intervals, score
 from vitrobust.report import build_report, leaderboard
 from vitrobust.results import PER_IMAGE_FILE, read_per_image, write_per_image, write_results
 from vitrobust.stats import bootstrap, interval, mcnemar, wilson
@@ -60,6 +60,8 @@ def test_bootstrap_is_reproducible_for_a_seed_and_brackets_the_estimate():
     first, again = bootstrap(mean, 200, 300, seed=3), bootstrap(mean, 200, 300, seed=3)
     assert first == again and bootstrap(mean, 200, 300, seed=4) != first
     assert first[0] < 0.5 < first[1] and first[1] - first[0] < 0.2
+    both = bootstrap(lambda idx: {"mean": mean(idx), "twice": 2 * mean(idx)}, 200, 300, seed=3)
+    assert both["mean"] == first and both["twice"] == pytest.approx([2 * v for v in first], abs=2e-6)  # same draws
     constant = torch.full((50,), 0.25, dtype=torch.float64)
     assert bootstrap(lambda idx: float(constant[idx].mean()), 50, 100) == [0.25, 0.25]
 
@@ -88,18 +90,19 @@ def test_per_image_file_round_trip_keeps_other_entries(tmp_path):
 def test_mce_interval_is_a_seeded_bootstrap_around_the_estimate():
     gen = torch.Generator().manual_seed(0)
     n = 200
-    flags = {f"{name}/{s}": torch.rand(n, generator=gen) < 0.8 - 0.1 * s for name in ("fog", "snow") for s in (1, 2)}
+    flags = {flag_path(name, s): torch.rand(n, generator=gen) < 0.8 - 0.1 * s for name in ("fog", "snow") for s in (1, 2)}
     clean = torch.rand(n, generator=gen) < 0.9
     ref = Reference("ref", errors={"fog": [0.3, 0.4], "snow": [0.35, 0.45]}, clean_error=0.2)
-    per = {name: {str(s): flags[f"{name}/{s}"].float().mean().item() for s in (1, 2)} for name in ("fog", "snow")}
+    per = {name: {str(s): flags[flag_path(name, s)].float().mean().item() for s in (1, 2)} for name in ("fog", "snow")}
     point = score(per, clean.float().mean().item(), ref)
     ci, notes = mce_intervals(flags, clean, ref, 200, 0)
     assert ci == mce_intervals(flags, clean, ref, 200, 0)[0]
     assert ci["mce"][0] < point["mce"] < ci["mce"][1] and ci["relative_mce"][0] < point["relative_mce"]
     assert "held fixed" in notes[0]
     paired_ref = Reference("ref", errors=ref.errors, clean_error=0.2,
-                           flags={**{k: ~v for k, v in flags.items()}, "clean": clean})
-    assert "paired" in mce_intervals(flags, clean, paired_ref, 50, 0)[1][0]
+                           flags={**{k: ~v for k, v in flags.items()}, "clean_top1": clean})
+    paired_ci, paired_notes = mce_intervals(flags, clean, paired_ref, 200, 0)
+    assert "paired" in paired_notes[0] and paired_ci["mce"] != ci["mce"]  # the reference moves with the images
     assert mce_intervals(flags, clean, Reference("self", is_self=True), 50, 0) == ({}, [])
 
 
@@ -168,3 +171,17 @@ def test_the_eps_curve_draws_its_interval_band(tmp_path, monkeypatch):
     path = figures.accuracy_vs_eps({"with": sweep, "without": {**sweep, "ci95": {}}}, tmp_path / "eps.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bands == [([70.0, 30.0], [88.0, 50.0])]  # one band, in percent, for the run with intervals
+
+
+def test_mce_against_a_reference_run_is_paired_through_its_per_image_file(tmp_path, tiny_spec):
+    runs = []
+    for seed, name in ((0, "reference"), (1, "model")):
+        torch.manual_seed(seed)
+        runs.append(untrained_run(tmp_path / name, tiny_spec, "data.test_subset=40"))
+    settings = ["evaluate.corruptions.subset=40", "evaluate.corruptions.names=[fog,contrast]",
+                "evaluate.corruptions.severities=[1,3]"]
+    evaluate_path(runs[0], "corruptions", settings)
+    evaluate_path(runs[1], "corruptions", [*settings, f"evaluate.corruptions.reference={runs[0]}"])
+    entry = json.loads((runs[1] / "results.json").read_text())["corruptions"]
+    lo, hi = entry["ci95"]["mce"]
+    assert lo <= entry["mce"] <= hi and "paired" in entry["notes"][-1]

@@ -49,19 +49,27 @@ def mcnemar(a: torch.Tensor, b: torch.Tensor) -> dict:
     return {"a_only": a_only, "b_only": b_only, "p": p, "significant": p < ALPHA}
 
 
-def bootstrap(statistic: Callable[[torch.Tensor], float], n: int, resamples: int = 1000, seed: int = 0,
-              level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval of `statistic(index)` over n images: `index` is a resample (n image
-    positions drawn with replacement); seeded, so the same call gives the same interval."""
-    gen = torch.Generator().manual_seed(seed)
-    values = torch.tensor([statistic(torch.randint(0, n, (n,), generator=gen)) for _ in range(resamples)],
-                          dtype=torch.float64)
-    values = values[torch.isfinite(values)]
-    if not len(values):
+def percentile_interval(values: list[float], level: float = 0.95) -> list[float]:
+    """The central `level` interval of the finite values ([nan, nan] without any)."""
+    finite = torch.tensor(values, dtype=torch.float64)
+    finite = finite[torch.isfinite(finite)]
+    if not len(finite):
         return [math.nan, math.nan]
     tail = (1 - level) / 2
-    lo, hi = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    lo, hi = torch.quantile(finite, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return [round(lo, 6), round(hi, 6)]
+
+
+def bootstrap(statistic: Callable[[torch.Tensor], float | dict[str, float]], n: int, resamples: int = 1000,
+              seed: int = 0, level: float = 0.95) -> list[float] | dict[str, list[float]]:
+    """Percentile bootstrap interval of `statistic(index)` over n images: `index` is a resample (n image
+    positions drawn with replacement); seeded, so the same call gives the same interval. A statistic that
+    returns a dict of numbers gets one interval per key, all from the same resamples."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = [statistic(torch.randint(0, n, (n,), generator=gen)) for _ in range(resamples)]
+    if draws and isinstance(draws[0], dict):
+        return {key: percentile_interval([d[key] for d in draws], level) for key in draws[0]}
+    return percentile_interval(draws, level)
 
 
 __all__ = ["ALPHA", "Z95", "bootstrap", "interval", "mcnemar", "wilson"]

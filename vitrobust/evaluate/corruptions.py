@@ -127,7 +127,7 @@ class Reference:
     clean_error: float | None = None
     is_self: bool = False
     note: str | None = None
-    flags: dict[str, torch.Tensor] | None = None  # a run's per-image correctness: "name/severity", "clean"
+    flags: dict[str, torch.Tensor] | None = None  # a run's per-image correctness, by per-image path (flag_path)
 
 
 def alexnet_reference(names: list[str], severities: list[int]) -> Reference:
@@ -191,8 +191,8 @@ def run_reference(
     clean = entry.get("clean_top1")
     name = results.get("meta", {}).get("run") or ref_dir.name
     ours = images_digest(ctx.data, n)
-    flags = {("clean" if key == "clean_top1" else key.removeprefix("per_corruption.").replace(".", "/", 1)): values
-             for key, (values, digest) in read_per_image(path).get("corruptions", {}).items() if digest == ours}
+    flags = {key: values for key, (values, digest) in read_per_image(path).get("corruptions", {}).items()
+             if digest == ours}
     return Reference(name, path=ref, errors=errors, clean_error=None if clean is None else 1.0 - clean,
                      flags=flags or None)
 
@@ -339,31 +339,36 @@ def _top1(correct: torch.Tensor) -> float:
     return correct.float().mean().item() if len(correct) else math.nan
 
 
+def flag_path(name: str, severity: int | str) -> str:
+    """Where one corrupted set's per-image correctness sits in the entry (and in per_image.safetensors)."""
+    return f"per_corruption.{name}.{severity}"
+
+
 def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Reference, resamples: int,
-               seed: int) -> tuple[dict, list[str]]:
-    """Bootstrap 95% intervals of mce and relative_mce over the images (seeded). The reference's errors
-    are resampled with the same images when its per-image results cover them (a paired bootstrap), and
-    held fixed otherwise (AlexNet's published errors)."""
+                  seed: int) -> tuple[dict, list[str]]:
+    """Bootstrap 95% intervals of mce and relative_mce over the images (seeded), both from the same
+    resamples; `flags` maps flag_path -> per-image correctness. The reference's errors are resampled with
+    the same images when its per-image results cover them (a paired bootstrap), and held fixed otherwise
+    (AlexNet's published errors)."""
     if ref.is_self or ref.errors is None:
         return {}, []
-    paired = ref.flags is not None and all(k in ref.flags for k in flags) and "clean" in ref.flags
-    n = len(clean)
+    paired = ref.flags is not None and all(k in ref.flags for k in [*flags, "clean_top1"])
+    sets = [(path, *path.split(".")[1:]) for path in flags]  # (path, name, severity)
 
-    def scores(idx: torch.Tensor) -> dict:
+    def scores(idx: torch.Tensor) -> dict[str, float]:
         per: dict[str, dict[str, float]] = {}
-        for key, correct in flags.items():
-            name, severity = key.split("/")
-            per.setdefault(name, {})[severity] = _top1(correct[idx])
+        for path, name, severity in sets:
+            per.setdefault(name, {})[severity] = _top1(flags[path][idx])
         reference = ref
         if paired:
-            errors = {name: [1 - _top1(ref.flags[f"{name}/{sev}"][idx]) for sev in per[name]] for name in per}
-            reference = Reference(ref.name, errors=errors, clean_error=1 - _top1(ref.flags["clean"][idx]))
-        return score(per, _top1(clean[idx]), reference)
+            errors: dict[str, list[float]] = {}
+            for path, name, _ in sets:
+                errors.setdefault(name, []).append(1 - _top1(ref.flags[path][idx]))
+            reference = Reference(ref.name, errors=errors, clean_error=1 - _top1(ref.flags["clean_top1"][idx]))
+        out = score(per, _top1(clean[idx]), reference)
+        return {key: math.nan if out[key] is None else float(out[key]) for key in ("mce", "relative_mce")}
 
-    def stat(key: str):
-        return lambda idx: math.nan if (v := scores(idx)[key]) is None else float(v)
-
-    ci95 = {key: bootstrap(stat(key), n, resamples, seed) for key in ("mce", "relative_mce")}
+    ci95 = bootstrap(scores, len(clean), resamples, seed)
     ci95 = {key: ci for key, ci in ci95.items() if all(math.isfinite(v) for v in ci)}  # undefined: no interval
     how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
     return ci95, [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
@@ -392,9 +397,10 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     ) as bar:
         for name, severity, corrupted in sets:
             bar.set_postfix_str(f"{name} {severity}")
-            flags[f"{name}/{severity}"] = _correct(model, ctx, corrupted, corruption=name, severity=severity,
-                                                   source=c.source, seed=c.seed, root=c.root)
-            per_corruption[name][str(severity)] = _top1(flags[f"{name}/{severity}"])
+            path = flag_path(name, severity)
+            flags[path] = _correct(model, ctx, corrupted, corruption=name, severity=severity, source=c.source,
+                                   seed=c.seed, root=c.root)
+            per_corruption[name][str(severity)] = _top1(flags[path])
             bar.update()
     accs = [v for accs in per_corruption.values() for v in accs.values()]
     out = {"mean_top1": sum(accs) / len(accs), "clean_top1": clean_top1}
@@ -425,7 +431,7 @@ def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     )
     out[PER_IMAGE] = {"clean_top1": per_image(data, clean),
                       "mean_top1": per_image(data, torch.stack(list(flags.values())).float().mean(0)),
-                      **{f"per_corruption.{k.replace('/', '.')}": per_image(data, v) for k, v in flags.items()}}
+                      **{path: per_image(data, v) for path, v in flags.items()}}
     figures = []
     if ctx.out_dir is not None and ctx.dist.main:
         from vitrobust.figures.corruptions import accuracy_vs_severity
@@ -444,6 +450,7 @@ __all__ = [
     "alexnet_reference",
     "corruption_errors",
     "corruptions",
+    "flag_path",
     "mce_intervals",
     "mean_ce",
     "relative_corruption_errors",
