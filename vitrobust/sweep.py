@@ -148,14 +148,14 @@ def plan(spec: SweepSpec, base: Path, out: Path, extra: list[str] | None = None)
 
 
 def run_seed(overrides: list[str]) -> int | None:
-    """The seed a planned run's overrides end with (`seed=S` before `name=`), None without a seeds axis."""
-    last = overrides[-2] if len(overrides) > 1 else ""
-    return int(last.removeprefix("seed=")) if re.fullmatch(r"seed=-?\d+", last) else None
+    """The seed a planned run got from the seeds axis (its `seed=S` override; `_check_seeds` makes sure no
+    other override sets one), None without it."""
+    return next((int(o.split("=", 1)[1]) for o in reversed(overrides) if o.startswith("seed=")), None)
 
 
-def _summary(run_dir: Path, overrides: list[str], seeded: bool) -> dict:
+def _summary(run_dir: Path, overrides: list[str]) -> dict:
     """A run in sweep.json: its group is the name without the seed part (the name itself without seeds)."""
-    seed = run_seed(overrides) if seeded else None
+    seed = run_seed(overrides)
     group = run_dir.name if seed is None else run_dir.name.removesuffix(f",seed={seed}")
     return {"name": run_dir.name, "group": group, "seed": seed, "overrides": overrides}
 
@@ -234,7 +234,7 @@ def sweep(grid: str | Path, out: str | Path | None = None, overrides: list[str] 
     report = build_report(dirs, out / "report.html", title=f"vitrobust sweep: {spec.name}",
                           extra_figures=[("Accuracy vs parameters and FLOPs", p) for p in extra if p])
     summary = {"name": spec.name, "config": str(base), "suite": spec.suite, "seeds": spec.seeds,
-               "runs": [_summary(d, o, bool(spec.seeds)) for d, o in runs]}
+               "runs": [_summary(d, o) for d, o in runs]}
     atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
     print(f"report: {report}", flush=True)
     return report
