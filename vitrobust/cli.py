@@ -46,11 +46,16 @@ def add_run_path(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="run directory or .safetensors file")
 
 
+def run_dir_of(args, cfg=None) -> Path:
+    """The directory a training command writes: --out, else runs/<config name>."""
+    return Path(args.out or Path("runs") / (cfg or load_config(args.config, args.overrides)).name)
+
+
 def cmd_train(args) -> int:
     from vitrobust.train import train
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.out or Path("runs") / cfg.name)
+    run_dir = run_dir_of(args, cfg)
     train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     say(f"run directory: {run_dir}")
     return 0
@@ -90,7 +95,7 @@ def cmd_tokenizer(args) -> int:
     from vitrobust.tokenizer import train_tokenizer
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.out or Path("runs") / cfg.name)
+    run_dir = run_dir_of(args, cfg)
     train_tokenizer(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     say(f"run directory: {run_dir}")
     return 0
@@ -241,7 +246,7 @@ def interrupted_note(args) -> str:
     command = args.command
     if command in ("train", "tokenizer"):
         try:
-            run_dir = Path(args.out or Path("runs") / load_config(args.config, args.overrides).name)
+            run_dir = run_dir_of(args)
         except USER_ERRORS:
             run_dir = Path(args.out or "runs/<name>")
         again = "vitrobust " + ("train" if command == "train" else "tokenizer train")
