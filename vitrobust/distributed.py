@@ -81,3 +81,10 @@ def any_true(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group before the interpreter exits: a gloo group left to the exit handlers can
+    abort the process ("terminate called without an active exception") after the work is done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
