@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vitrobust.config import CONFIG_DIR, load_config
-from vitrobust.distributed import current
+from vitrobust.distributed import current, shutdown
 from vitrobust.errors import UserError
 
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
@@ -155,6 +155,25 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+def cmd_data_shard(args) -> int:
+    from vitrobust.data.shard_writer import write_shards
+    from vitrobust.train.loop import EpochProgress
+
+    def progress(items, total, desc, start):
+        return EpochProgress(items, total - start, desc, enabled=not args.no_progress, start=start)
+
+    index, written = write_shards(args.source, args.out_dir, shard_size=args.shard_size, root=args.root,
+                                  download=args.download, skip_bad=args.skip_bad, seed=args.seed, progress=progress)
+    for split, entry in index["splits"].items():
+        kept = entry["n_shards"] - written.get(split, 0)
+        say(f"{split}: {entry['total']:,} samples in {entry['n_shards']} shards {entry['pattern']} "
+            f"({written.get(split, 0)} written, {kept} already finished"
+            + (f", {entry['skipped_bad']} unreadable images skipped" if entry.get("skipped_bad") else "") + ")")
+    say(f"index: {Path(args.out_dir) / 'index.json'}",
+        f"train on them: --set data.name=webdataset --set data.root={args.out_dir} --set data.img_size=...")
+    return 0
+
+
 def cmd_configs(args) -> int:
     for path in sorted(CONFIG_DIR.rglob("*.yaml")):
         name = path.relative_to(CONFIG_DIR).with_suffix("")
@@ -233,6 +252,21 @@ def parser() -> argparse.ArgumentParser:
     z.add_argument("entry", nargs="?", help="show one entry in full")
     z.set_defaults(func=cmd_zoo)
 
+    d = sub.add_parser("data", help="data tools")
+    ds = d.add_subparsers(dest="action", required=True)
+    dsh = ds.add_parser("shard", help="write a dataset or image folder as WebDataset tar shards with an index "
+                        "(data.name=webdataset reads them); a re-run skips finished shards")
+    dsh.add_argument("source", help="an image folder (train/ and val/ or test/ class folders, or one class-folder "
+                     "tree) or a registered dataset (fashion_mnist, cifar10, ...)")
+    dsh.add_argument("out_dir", help="folder for the shards and index.json")
+    dsh.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    dsh.add_argument("--root", help="data.root of a registered dataset")
+    dsh.add_argument("--download", action="store_true", help="let a registered dataset download itself")
+    dsh.add_argument("--skip-bad", action="store_true", help="skip images that cannot be decoded (else stop)")
+    dsh.add_argument("--seed", type=int, default=0, help="seed of the training split's shuffled order")
+    add_no_progress(dsh)
+    dsh.set_defaults(func=cmd_data_shard)
+
     c = sub.add_parser("configs", help="list the shipped configs")
     c.set_defaults(func=cmd_configs)
     return p
@@ -274,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         if current().main:
             print(f"\n{interrupted_note(args)}", file=sys.stderr, flush=True)
         return INTERRUPTED
+    finally:
+        shutdown()
 
 
 def run() -> None:

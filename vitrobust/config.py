@@ -50,7 +50,7 @@ class MaskConfig(Section):
     split_seed: int = 0
 
 
-FOLLOWS_TRAINING = ("imagefolder",)  # datasets whose evaluation resize follows the training crop (Config)
+FOLLOWS_TRAINING = ("imagefolder", "webdataset")  # datasets whose evaluation resize follows the training crop (Config)
 RRC_CROP_PCT = 0.875  # the ImageNet convention: 256 -> 224
 
 
@@ -61,7 +61,7 @@ class DataConfig(Section):
     img_size: int | None = Field(None, description="resize to this size; default: the dataset's own size")
     crop_pct: float | None = Field(None, gt=0, le=1, description="evaluation resize rule of datasets read from image "
                                    "files: shorter side to img_size / crop_pct, centre crop (default: 0.875 for "
-                                   "ImageNet; imagefolder follows training: 0.875 after augment.crop=rrc, else 1, "
+                                   "ImageNet; imagefolder and webdataset follow training: 0.875 after augment.crop=rrc, else 1, "
                                    "the plain resize training used; imported models carry their own)")
     interpolation: Literal["bilinear", "bicubic"] | None = Field(None, description="resize filter of that rule "
                                                                   "(default: the dataset's, bilinear for ImageNet)")
@@ -76,10 +76,12 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     in_memory: bool | Literal["auto"] = Field("auto", description="decode once and keep uint8 tensors in memory; "
                                               "auto: when the decoded split fits data.memory_budget_gb, else "
-                                              "decode lazily in data.num_workers worker processes")
+                                              "decode lazily in data.num_workers worker processes (webdataset "
+                                              "training: streamed shard by shard)")
     memory_budget_gb: float = Field(4.0, gt=0, description="in_memory=auto: the most a decoded split may take")
     masks: MaskConfig = Field(default_factory=MaskConfig)
-    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options (webdataset: "
+                                     "train, test, class_map, shuffle_buffer); one a dataset does not know is an error")
 
 
 class AugmentConfig(Section):

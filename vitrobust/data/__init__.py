@@ -15,6 +15,7 @@ from vitrobust.data.folders import load_cifar, load_image_folder
 from vitrobust.data.imagenet import load_imagenet
 from vitrobust.data.loader import Batch, BatchLoader
 from vitrobust.data.masks import attach_masks
+from vitrobust.data.shards import load_webdataset
 from vitrobust.data.splits import apply_split
 from vitrobust.data.textured import load_fashion_mnist_textured
 from vitrobust.errors import ConfigError, DatasetError
@@ -29,6 +30,7 @@ DATASETS.add("cifar10", partial(load_cifar, "cifar10"))
 DATASETS.add("cifar100", partial(load_cifar, "cifar100"))
 DATASETS.add("imagefolder", load_image_folder)
 DATASETS.add("imagenet", load_imagenet)  # wnid class folders, canonical labels; test split = val
+DATASETS.add("webdataset", load_webdataset)  # tar shards (data/shards.py); training streams them when not in memory
 DATASETS.add("imagenet_5k", partial(load_imagenet, robustbench_5k=True))  # test = RobustBench's 5,000 val images
 
 _CACHE: dict[tuple, ImageSet] = {}

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -77,6 +78,7 @@ class ImageSet:
     masks: torch.Tensor | None = None
     read_mask: Callable[[int], torch.Tensor] | None = None
     mask_resize: str = "nearest"
+    stream: Any = None  # a ShardStream (data/stream.py) when training reads the split shard by shard
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -90,7 +92,8 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         return replace(self, labels=self.labels[:n], images=None if self.images is None else self.images[:n],
-                       masks=None if self.masks is None else self.masks[:n])
+                       masks=None if self.masks is None else self.masks[:n],
+                       stream=None if self.stream is None else self.stream.first(n))
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
         """The samples at `indices`, in that order (lazy readers are re-indexed, masks kept)."""
@@ -100,7 +103,7 @@ class ImageSet:
             self, labels=self.labels[idx], images=None if self.images is None else self.images[idx],
             read=None if self.read is None else Reindexed(self.read, positions),
             masks=None if self.masks is None else self.masks[idx],
-            read_mask=None if self.read_mask is None else Reindexed(self.read_mask, positions),
+            read_mask=None if self.read_mask is None else Reindexed(self.read_mask, positions), stream=None,
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
 
 
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+SKIP_BAD_HINT = "delete or replace it, or set data.skip_bad=true to skip unreadable images"
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits per pixel
 
 
@@ -93,10 +95,13 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def decode(path: Path, size: int, crop_pct: float, channels: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Decode, resize the shorter side to size/crop_pct, centre-crop size x size; uint8 CHW."""
+def decode(source: Path | IO[bytes], size: int, crop_pct: float, channels: int, interpolation: str = "bicubic",
+           name: str | None = None, fix: str = SKIP_BAD_HINT) -> torch.Tensor:
+    """Decode an image file (a path, or an open binary file such as a tar member), resize the shorter
+    side to size/crop_pct, centre-crop size x size; uint8 CHW. `name` names the image in errors, `fix`
+    says what to do about an unreadable one."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img = to_mode(img, channels)
             short = round(size / crop_pct)
             w, h = img.size
@@ -107,8 +112,7 @@ def decode(path: Path, size: int, crop_pct: float, channels: int, interpolation:
             img = img.crop((left, top, left + size, top + size))
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:
-        raise DatasetError(f"cannot decode image {path}: {err}; delete or replace it, or set data.skip_bad=true "
-                           f"to skip unreadable images") from None
+        raise DatasetError(f"cannot decode image {name or source}: {err}; {fix}") from None
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 

@@ -81,8 +81,10 @@ class BatchLoader:
     """Iterates index batches over an ImageSet.
 
     train=True: a global permutation per epoch (seeded by seed and epoch), full global batches only,
-    each rank taking its contiguous share. train=False: dataset order, rank r taking every
-    world-th batch; `index` lets callers put per-sample results back in order.
+    each rank taking its contiguous share; a split streamed from shards (data.stream) is read shard by
+    shard instead (ShardStream: each rank and worker its own shards, a seeded shuffle buffer).
+    train=False: dataset order, rank r taking every world-th batch; `index` lets callers put
+    per-sample results back in order.
     """
 
     def __init__(
@@ -110,7 +112,13 @@ class BatchLoader:
             transform = randaugment_transform(aug.randaugment, data.in_chans, data.img_size)
         lazy = data.images is None or (self.masks and data.masks is None)
         self.samples = _Samples(data, transform, self.masks) if (lazy or transform) else None
-        self.num_workers = num_workers
+        self.num_workers, self.transform = num_workers, transform
+        self.stream = data.stream if train and data.images is None else None
+        if self.stream is not None:
+            if self.masks:
+                raise ConfigError("foreground masks cannot follow a training split streamed from shards (data.name="
+                                  "webdataset): set data.in_memory=true, or data.masks.source=none")
+            self.stream.steps(world, max(1, num_workers), batch_size // world)  # a ConfigError now if it cannot run
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -120,6 +128,8 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.data)
+        if self.stream is not None:
+            return self.stream.steps(self.world, max(1, self.num_workers), self.batch_size // self.world)
         if self.train:
             return n // self.batch_size
         batches = -(-n // self.batch_size)
@@ -141,8 +151,13 @@ class BatchLoader:
         return [order[s : s + self.batch_size] for s in starts]
 
     def _raw(self):
-        batches = self.index_batches()
         """(uint8 images, uint8 masks or None, index) per batch."""
+        if self.stream is not None:
+            for imgs, idx in self.stream.batches(epoch=self.epoch, skip=self.skip, seed=self.seed, rank=self.rank,
+                                                 world=self.world, num_workers=self.num_workers,
+                                                 share=self.batch_size // self.world, transform=self.transform):
+                yield imgs, None, idx
+            return
         batches = self.index_batches()
         if self.samples is None:
             for idx in batches:
