@@ -4,6 +4,8 @@ against the training throughput of ViT-S/16 at 224 px, measured in the same run.
 - decode: images/s of one worker reading a lazy `imagefolder` split (the FolderReader a DataLoader
   worker runs: open, convert, resize the shorter side, centre crop), on generated JPEGs of ImageNet's
   typical size (500 x 375, quality 90);
+- decode from shards: the same JPEGs written by `vitrobust data shard` and streamed by one worker the
+  way `data.name=webdataset` trains (tar read, shuffle buffer, decode, batches of --batch-size);
 - train: images/s of one optimizer step of `vit_small_patch16_224` (timm, AdamW, fp32 or bf16 autocast)
   on a batch of 224-px images on this device.
 
@@ -25,6 +27,8 @@ from common import img_per_s, measure, parser, print_table, report, update
 from PIL import Image
 
 from vitrobust.data.folders import load_image_folder
+from vitrobust.data.shard_writer import write_shards
+from vitrobust.data.shards import load_webdataset
 
 SIZE, WIDTH, HEIGHT, QUALITY = 224, 500, 375, 90
 
@@ -56,6 +60,15 @@ def main() -> None:
             for i in range(len(data)):
                 data.read(i)
 
+        write_shards(tmp, Path(tmp) / "shards", shard_size=max(1, args.images // 2))
+        sharded = load_webdataset("train", root=str(Path(tmp) / "shards"), img_size=SIZE, in_memory=False)
+        share = min(args.batch_size, args.images // 2)
+        streamed = args.images // share * share
+
+        def stream():
+            for _ in sharded.stream.batches(epoch=0, skip=0, seed=0, rank=0, world=1, num_workers=0, share=share):
+                pass
+
         model = timm.create_model("vit_small_patch16_224", num_classes=1000).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.rand(args.batch_size, 3, SIZE, SIZE, device=device)
@@ -67,9 +80,9 @@ def main() -> None:
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             update(opt, loss)
 
-        timings = measure({"decode (1 worker)": decode, f"train step ViT-S/16 {args.precision}": step},
-                          warmup=args.warmup, repeats=args.repeats)
-    ips = img_per_s(timings, {"decode (1 worker)": args.images,
+        timings = measure({"decode (1 worker)": decode, "decode from shards (1 worker)": stream,
+                           f"train step ViT-S/16 {args.precision}": step}, warmup=args.warmup, repeats=args.repeats)
+    ips = img_per_s(timings, {"decode (1 worker)": args.images, "decode from shards (1 worker)": streamed,
                               f"train step ViT-S/16 {args.precision}": args.batch_size})
     decode_rate, train_rate = ips["decode (1 worker)"], ips[f"train step ViT-S/16 {args.precision}"]
     workers = max(1, math.ceil(train_rate / decode_rate))
