@@ -148,4 +148,5 @@ def test_results_record_how_the_images_were_read(tree, tmp_path):
     save_weights(model, run / "model.safetensors", model.spec, cfg.to_yaml())
     _, path = evaluate_path(run, "clean")
     entry = json.loads(path.read_text())["clean"]
-    assert entry["n"] == 4 and entry["data"] == {"name": "imagefolder", "img_size": 16, "crop_pct": 1.0}
+    assert entry["n"] == 4 and entry["data"] == {"name": "imagefolder", "img_size": 16, "crop_pct": 1.0,
+                                                 "interpolation": "bicubic", "in_chans": 3}

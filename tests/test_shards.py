@@ -275,7 +275,8 @@ def test_folder_and_shards_give_the_same_accuracy_for_the_same_model(folder, sha
                                      out=tmp_path / "b")[1].read_text())["clean"]
     assert sharded["n"] == plain["n"] == 15
     assert sharded["top1"] == plain["top1"] > 0.5  # learnt from the stream (chance: 1/3)
-    assert sharded["data"]["name"] == "webdataset" and plain["data"]["name"] == "imagefolder"
+    rule = {"img_size": 32, "crop_pct": 1.0, "interpolation": "bicubic", "in_chans": 3}  # how images were read
+    assert sharded["data"] == {"name": "webdataset", **rule} and plain["data"] == {"name": "imagefolder", **rule}
 
 
 class Killed(Exception):

@@ -308,9 +308,13 @@ class Config(Section):
         """A user's folder dataset is evaluated at the scale it was trained at: after random-resized-crop
         training, the ImageNet rule (shorter side to img_size / 0.875, centre crop); after training on
         whole images (no crop, or pad-and-crop), the same plain resize. The resolved value is written into
-        the run's config.yaml, so evaluation repeats it."""
-        if self.data.name in FOLLOWS_TRAINING and self.data.crop_pct is None:
-            self.data.crop_pct = RRC_CROP_PCT if self.augment.crop == "rrc" else 1.0
+        the run's config.yaml, so evaluation repeats it; so are the filter and channels the images are
+        read with (the loaders' defaults: bicubic, RGB), so results.json records the whole rule."""
+        if self.data.name in FOLLOWS_TRAINING:
+            if self.data.crop_pct is None:
+                self.data.crop_pct = RRC_CROP_PCT if self.augment.crop == "rrc" else 1.0
+            self.data.interpolation = self.data.interpolation or "bicubic"
+            self.data.in_chans = self.data.in_chans or 3
         return self
 
     def to_yaml(self) -> str:
