@@ -22,6 +22,7 @@ from vitrobust.data.stream import Shard, ShardStream, balance, resume_point
 from vitrobust.errors import DatasetError
 from vitrobust.evaluate import evaluate_path
 from vitrobust.objectives.standard import Standard
+from vitrobust.results import read_metrics
 from vitrobust.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -270,6 +271,8 @@ def training_config(root, *overrides):
 def test_folder_and_shards_give_the_same_accuracy_for_the_same_model(folder, shards, tmp_path):
     run = tmp_path / "run"
     train_run(training_config(shards, "optim.lr=5e-3"), run)
+    start = next(r for r in read_metrics(run) if r["kind"] == "start")
+    assert (start["steps_per_epoch"], start["train_samples"]) == (6, 48)
     sharded = json.loads(evaluate_path(run, "clean", out=tmp_path / "a")[1].read_text())["clean"]
     plain = json.loads(evaluate_path(run, "clean", ["data.name=imagefolder", f"data.root={folder}"],
                                      out=tmp_path / "b")[1].read_text())["clean"]

@@ -158,6 +158,7 @@ class Trainer:
         if self.dist.main and start_epoch == 0 and start_batch == 0:
             self.metrics.log("start", params=count_params(self.model), model=self.model.spec["name"],
                              world=self.dist.world, steps_per_epoch=self.steps_per_epoch,
+                             train_samples=len(self.loader.data),  # an epoch sees steps x batch_size of them
                              init=self.init_info)
         self.scheduler.step_update(self.state.step)
         for epoch in range(start_epoch, cfg.train.epochs):
