@@ -12,16 +12,27 @@ The model is a small ViT (vit_pico_patch8_32 at width 64, depth 2) trained for o
 Fashion-MNIST inside the script, by default with 1-step PGD adversarial training at --eps so that
 robust accuracy is not zero and every attack of the standard version has work to do; or any
 vitrobust run directory / weights file given with --model-path.
+
+With --engines it compares the two AutoAttack engines instead (`authors` and `fast`, both through
+`run_autoattack(..., engine=...)` on the same model and images, one chunk): wall time ratio fast/authors,
+robust accuracy of each, the fraction of images with the same verdict and the images robust for one
+engine only, for each --settings NORM:EPS. The model is --model-path, or with --vit-small a ViT-S/16
+at 64 px trained briefly inside the script (--vit-train-images standard steps, then as many with
+PGD-1 at Linf 0.1); results accumulate in benchmarks/results/autoattack_engines.json, one entry per
+(model, setting, n, version).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import fashion_mnist, measure, model_spec, parser, print_table, update, write_result
+from common import RESULTS_DIR, fashion_mnist, measure, model_spec, parser, print_table, update, write_result
 from pyautoattack import AutoAttack
 
 from vitrobust.attacks import pgd_attack
@@ -52,6 +63,63 @@ def train_model(eps: float, adversarial: bool, train_images: int, seed: int = 0)
     return model.eval(), time.perf_counter() - t0
 
 
+def train_vit_small(train_images: int, eps: float = 0.1, seed: int = 0) -> tuple[torch.nn.Module, float]:
+    """ViT-S/16 at 64 px from scratch: one pass of AdamW on `train_images` images, then one with PGD-1 at Linf eps."""
+    data = fashion_mnist("train", train_images)
+    spec = model_spec("vit_small_patch16_224", data, img_size=64, drop_rate=0.0, drop_path_rate=0.0)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    t0 = time.perf_counter()
+    for adversarial in (False, True):
+        for batch in BatchLoader(data, 64, torch.device("cpu"), train=True, seed=seed, img_size=64):
+            x = batch.x
+            if adversarial:
+                model.eval()
+                x = pgd_attack(model, x, batch.y, eps=eps, steps=1, step_size=1.25 * eps)
+                model.train()
+            update(opt, F.cross_entropy(model(x), batch.y))
+    return model.eval(), time.perf_counter() - t0
+
+
+def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, args) -> None:
+    """Both engines on the same images for each NORM:EPS setting; table + entries in autoattack_engines.json."""
+    settings = args.settings or [f"{args.norm}:{args.eps}"]
+    path = Path(args.out) if args.out else RESULTS_DIR / "autoattack_engines.json"
+    old = json.loads(path.read_text()).get("entries", []) if path.exists() else []  # other models' entries stay
+    rows, entries = [], []
+    for setting in settings:
+        norm, eps = setting.split(":")
+        kw = dict(norm=norm, eps=float(eps), version=args.version, attacks=args.attacks, batch_size=len(x))
+        res, seconds = {}, {}
+        for engine in ("authors", "fast"):
+            t0 = time.perf_counter()
+            res[engine] = run_autoattack(model, x, y, engine=engine, **kw)
+            seconds[engine] = time.perf_counter() - t0
+        a, f = res["authors"].flags("robust"), res["fast"].flags("robust")
+        entry = {"model": model_name, "norm": norm, "eps": float(eps), "n": len(x), "version": args.version,
+                 "clean_top1": res["authors"].clean_top1, "seconds": seconds,
+                 "time_ratio": seconds["fast"] / seconds["authors"],
+                 "robust_top1": {k: r.robust_top1 for k, r in res.items()},
+                 "robust_after": {k: r.robust_after() for k, r in res.items()},
+                 "same_verdict": (a == f).float().mean().item(),
+                 "robust_only_fast": int((f & ~a).sum()), "robust_only_authors": int((a & ~f).sum()),
+                 "precision": args.precision or "auto", "threads": torch.get_num_threads(),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
+        entries.append(entry)
+        rows.append([f"{model_name} {norm} {eps}", len(x), f"{100 * entry['clean_top1']:.1f}",
+                     f"{seconds['authors']:.1f}", f"{seconds['fast']:.1f}", entry["time_ratio"],
+                     f"{100 * a.float().mean():.1f}", f"{100 * f.float().mean():.1f}",
+                     f"{100 * entry['same_verdict']:.1f}", entry["robust_only_fast"], entry["robust_only_authors"]])
+    print_table(["model / setting", "n", "clean %", "authors s", "fast s", "fast/authors", "robust authors %",
+                 "robust fast %", "same verdict %", "robust only fast", "robust only authors"], rows,
+                title=f"AutoAttack {args.version}: fast engine vs authors' engine ({torch.get_num_threads()} thread(s), CPU)")
+    key = lambda e: (e["model"], e["norm"], e["eps"], e["n"], e["version"])  # noqa: E731
+    new = {key(e) for e in entries}
+    out = write_result("autoattack_engines", {"entries": [e for e in old if key(e) not in new] + entries}, path)
+    print(f"-> {out}")
+
+
 def main() -> None:
     p = parser(__doc__, "autoattack", repeats=1, batch_size=None, threads=1,
                helps={"batch_size": "default: n (one batch, one chunk)",
@@ -65,10 +133,22 @@ def main() -> None:
     p.add_argument("--model-path", default=None, help="a vitrobust run dir or weights file (default: train one)")
     p.add_argument("--standard-training", action="store_true", help="train without adversarial examples")
     p.add_argument("--train-images", type=int, default=60000)
+    p.add_argument("--engines", action="store_true", help="compare the authors' and the fast engine")
+    p.add_argument("--settings", nargs="*", default=None, help="--engines: NORM:EPS pairs (default: --norm:--eps)")
+    p.add_argument("--vit-small", action="store_true", help="--engines: ViT-S/16 at 64 px trained briefly here")
+    p.add_argument("--vit-train-images", type=int, default=2000)
+    p.add_argument("--label", default=None, help="--engines: the model's name in the results")
+    p.add_argument("--precision", default=None, help="--engines: the fast engine's precision (auto, fp32, bf16, fp16)")
     args = p.parse_args()
+    if args.precision:
+        os.environ["VITROBUST_AA_PRECISION"] = args.precision
 
     train_s = None
-    if args.model_path:
+    if args.vit_small:
+        model, train_s = train_vit_small(args.vit_train_images)
+        model_name = f"vit_small_patch16 @64px, {args.vit_train_images} standard + {args.vit_train_images} PGD-1 images"
+        print(f"trained {model_name} in {train_s:.0f} s")
+    elif args.model_path:
         model = load_model(args.model_path).eval()
         model_name = args.model_path
     else:
@@ -78,6 +158,9 @@ def main() -> None:
     x = next(iter(BatchLoader(test, args.n, torch.device("cpu"), train=False, img_size=model.input_shape[-1]
                               if hasattr(model, "input_shape") else None))).x
     y = test.labels[: args.n].long()
+    if args.engines:
+        compare_engines(model, args.label or model_name, x, y, args)
+        return
     batch_size = args.batch_size or args.n
     common_kw = dict(norm=args.norm, eps=args.eps, version=args.version, attacks=args.attacks)
 

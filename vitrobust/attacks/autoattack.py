@@ -477,16 +477,17 @@ def run_autoattack(
     version: str = "standard", attacks: Iterable[str] | None = None, seed: int = 0, batch_size: int = 250,
     gradient: str = "auto", device: torch.device | str | None = None, progress: str | Path | None = None,
     rank: int = 0, world: int = 1, gather: bool = True, verbose: bool = False, on_chunk: ChunkCallback | None = None,
-    checkpoint_seconds: float | None = None,
+    checkpoint_seconds: float | None = None, engine: str = "authors",
 ) -> AutoAttackResult:
     """AutoAttack on in-memory [0,1] images `x` (N x C x H x W) with labels `y`.
 
     `version` standard (APGD-CE, APGD-T, FAB-T, Square), plus, rand (APGD-CE and APGD-DLR with EOT,
     for randomized defences) or custom with `attacks`. See the module docstring for chunks,
-    resuming (`progress`: a .json file or a folder) and sharding (`rank`, `world`).
+    resuming (`progress`: a .json file or a folder) and sharding (`rank`, `world`). `engine`: the
+    ATTACK_ENGINES implementation (authors, or fast: vitrobust.attacks.fast_engine).
     """
     spec = AutoAttackSpec(norm=norm, eps=float(eps), version=version, attacks=tuple(attacks) if attacks else None,
-                          seed=seed, batch_size=batch_size)
+                          seed=seed, batch_size=batch_size, engine=engine)
     if len(x) != len(y):
         raise InputError(f"{len(x)} images but {len(y)} labels")
     check_eps(spec.eps, norm, x)
