@@ -95,3 +95,16 @@ class RoundToGrid(nn.Module):
     def forward(self, x):
         q = torch.round(x * (self.levels - 1)) / (self.levels - 1)
         return x + (q - x).detach() if self.straight_through else q
+
+
+def killed_after_first(engine, calls: list):
+    """An AutoAttack engine that attacks the images of its first call (recording how many in `calls`)
+    and is killed (KeyboardInterrupt) on the next: an interrupted evaluation."""
+
+    def killed(model, x, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(len(x))
+        return engine(model, x, *args, **kwargs)
+
+    return killed

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from helpers_adversarial import RoundToGrid, trained_model
+from helpers_adversarial import RoundToGrid, killed_after_first, trained_model
 from helpers_adversarial import test_images as first_test_images
 from pyautoattack import AutoAttack
 from torch import nn
@@ -334,14 +334,7 @@ def test_a_chunk_is_saved_in_timed_pieces_and_an_interrupted_chunk_resumes_insid
     kw = dict(eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=40, progress=tmp_path)
     real, swap = authors_engine
     sizes = []
-
-    def killed_after_first_piece(model_, xc, *args, **kwargs):
-        if sizes:
-            raise KeyboardInterrupt("killed")
-        sizes.append(len(xc))
-        return real(model_, xc, *args, **kwargs)
-
-    swap(killed_after_first_piece)
+    swap(killed_after_first(real, sizes))
     with pytest.raises(KeyboardInterrupt):
         run_autoattack(model, x, y, checkpoint_seconds=1e-9, **kw)  # every later piece: one image
     (progress,) = tmp_path.glob("*.json")

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
+from helpers_adversarial import killed_after_first, trained_model
 from helpers_adversarial import test_images as first_test_images
-from helpers_adversarial import trained_model
 from torch import nn
 
 from vitrobust.attacks import autoattack as aa_mod
@@ -222,14 +222,7 @@ def test_fast_engine_resumes_through_the_adapter(model, images, tmp_path, fast_e
     assert run_autoattack(model, x, y, **kw).samples == uninterrupted.samples  # seeded: the same again
     real, swap = fast_engine_swap
     calls = []
-
-    def killed_after_first_chunk(model_, xc, *args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt("killed")
-        calls.append(len(xc))
-        return real(model_, xc, *args, **kwargs)
-
-    swap(killed_after_first_chunk)
+    swap(killed_after_first(real, calls))
     with pytest.raises(KeyboardInterrupt):
         run_autoattack(model, x, y, progress=tmp_path, **kw)
     (progress,) = tmp_path.glob("*.json")
