@@ -33,7 +33,7 @@ import torch
 from pyautoattack import checks
 
 from vitrobust.attacks import autoattack as aa_mod
-from vitrobust.attacks.apgd import Forward, apgd
+from vitrobust.attacks.apgd import GUARD, Forward, apgd
 from vitrobust.attacks.autoattack import AutoAttackSpec, build_autoattack
 from vitrobust.attacks.fab_targeted import fab_targeted
 from vitrobust.attacks.straight_through import straight_through
@@ -105,7 +105,7 @@ class ReducedPrecision(torch.nn.Module):
         logits = self.fwd(x)
         with torch.no_grad():
             top2 = logits.topk(2, dim=1).values
-            close = (top2[:, 0] - top2[:, 1] < 0.05 * logits.abs().amax(1)).nonzero().flatten()
+            close = (top2[:, 0] - top2[:, 1] < GUARD * logits.abs().amax(1)).nonzero().flatten()
         if len(close):
             with torch.autocast(x.device.type, enabled=False):
                 logits = logits.index_put((close,), self.inner(x[close]).float())

@@ -17,6 +17,7 @@ See docs/architecture.md, "Sharded data".
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -47,6 +48,12 @@ def balance(shards: list[Shard], groups: int) -> list[list[Shard]]:
         out[g].append(shard)
         totals[g] += shard.count
     return [sorted(group, key=lambda s: s.start) for group in out]
+
+
+@functools.lru_cache(maxsize=8)
+def _assign(shards: tuple[Shard, ...], world: int, workers: int) -> list[list[list[Shard]]]:
+    """The run's fixed assignment, computed once (steps, resume points and every epoch read it)."""
+    return [balance(ranked, workers) for ranked in balance(list(shards), world)]
 
 
 def resume_point(batches: list[int], k: int) -> tuple[list[int], int]:
@@ -81,7 +88,7 @@ class ShardStream:
         if len(self.shards) < world:
             raise ConfigError(f"webdataset: {len(self.shards)} shard(s) for {world} ranks; every rank needs at least "
                               f"one: write more, smaller shards (vitrobust data shard --shard-size)")
-        return [balance(ranked, workers) for ranked in balance(list(self.shards), world)]
+        return _assign(self.shards, world, workers)
 
     def worker_batches(self, world: int, workers: int, share: int) -> list[list[int]]:
         return [[sum(s.count for s in g) // share for g in rank] for rank in self.groups(world, workers)]
