@@ -165,6 +165,15 @@ def test_a_reduced_precision_success_that_fp32_refuses_is_not_counted(model, ima
     assert torch.equal(x_adv, x)
 
 
+def test_fab_t_and_square_run_in_fp32_whatever_the_precision(model, images):
+    """bf16 blurs the small logit differences that FAB-T and Square decide on: they never see autocast."""
+    x, y = images[0][:8], images[1][:8]
+    liar = LowPrecisionLiar(model).eval()
+    spec = AutoAttackSpec(eps=EPS, version="custom", attacks=("fab-t", "square"), batch_size=8, engine="fast")
+    records, _, _ = fast_engine.fast_attack_chunk(liar, x, y, spec, precision="bf16")
+    assert liar.lies == 0 and any(r["robust"] is False and r["clean"] for r in records)
+
+
 def test_a_refused_row_keeps_being_attacked(model, images):
     """APGD rows whose first success fp32 refuses stay in the batch and are broken later, for real."""
     x, y = images[0][:32], images[1][:32]

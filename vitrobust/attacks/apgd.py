@@ -23,16 +23,20 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from vitrobust.attacks.kernels import attack_kernels
+
 RHO = 0.75  # the authors' threshold for halving the step size
 MOMENTUM = 0.75
 GUARD = 0.05  # reduced precision: rows whose top-2 logit gap is below GUARD * max|logit| get an fp32 check too
+EXACT_GUARD = 1e-4  # the same in fp32, for the rounding of the attack kernels (vitrobust.attacks.kernels)
 
 
 class Forward:
     """The model calls of the fast engine: attack passes in `dtype` (None: fp32) and exact fp32 checks.
 
-    `fooled(x, y, logits)` says which rows the fp32 model misclassifies, reusing the attack pass's
-    logits when they are fp32 and otherwise re-running fp32 on the rows that are (or may be) wrong.
+    The attack passes run under `attack_kernels` (same mathematics, other rounding); `fooled(x, y, logits)`
+    says which rows the model itself misclassifies in fp32, re-running it on the rows that the attack
+    pass finds wrong or nearly so (top-2 gap below GUARD, or EXACT_GUARD in fp32, times max |logit|).
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None):
@@ -41,21 +45,22 @@ class Forward:
         self.rejected = 0  # reduced-precision successes that fp32 refused
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype is None:
-            return self.model(x).float()
-        with torch.autocast(x.device.type, dtype=self.dtype):
+        with attack_kernels(self.model, x, reduced=self.dtype is not None), \
+                torch.autocast(x.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             return self.model(x).float()
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             return self.model(x).float()
 
-    def fooled(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def fooled(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, near: bool = True) -> torch.Tensor:
+        """Rows that fp32 misclassifies, among those the pass finds wrong or (with `near`) nearly wrong."""
         wrong = logits.argmax(1) != y
-        if self.dtype is None:
-            return wrong
-        top2 = logits.topk(2, dim=1).values
-        check = wrong | (top2[:, 0] - top2[:, 1] < GUARD * logits.abs().amax(1))
+        check = wrong
+        if near:
+            top2 = logits.topk(2, dim=1).values
+            guard = GUARD if self.dtype is not None else EXACT_GUARD
+            check = wrong | (top2[:, 0] - top2[:, 1] < guard * logits.abs().amax(1))
         out = torch.zeros_like(wrong)
         if check.any():
             rows = check.nonzero().flatten()
