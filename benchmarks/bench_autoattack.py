@@ -19,7 +19,8 @@ robust accuracy of each, the fraction of images with the same verdict and the im
 engine only, for each --settings NORM:EPS. The model is --model-path, or with --vit-small a ViT-S/16
 at 64 px trained briefly inside the script (--vit-train-images standard steps, then as many with
 PGD-1 at Linf 0.1); results accumulate in benchmarks/results/autoattack_engines.json, one entry per
-(model, setting, n, version).
+(model, setting, n, version). --authors-seed S also runs the authors' engine with seed S, whose agreement
+with their seed 0 is the floor that chance (other random starts) sets for any engine.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def train_vit_small(train_images: int, eps: float = 0.1, seed: int = 0) -> tuple
     return model.eval(), time.perf_counter() - t0
 
 
+def _authors_seed_entry(res: dict, a: torch.Tensor, seed: int | None) -> dict:
+    """With --authors-seed: the authors' engine under another seed against seed 0, as the fast engine is."""
+    if seed is None:
+        return {}
+    b = res["authors, seed"].flags("robust")
+    return {"authors_seed": seed, "robust_top1_authors_seed": res["authors, seed"].robust_top1,
+            "same_verdict_authors_seeds": (a == b).float().mean().item(),
+            "robust_only_authors_seed": int((b & ~a).sum()), "robust_only_authors_seed0": int((a & ~b).sum())}
+
+
 def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, args) -> None:
     """Both engines on the same images for each NORM:EPS setting; table + entries in autoattack_engines.json."""
     settings = args.settings or [f"{args.norm}:{args.eps}"]
@@ -96,6 +107,10 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
             t0 = time.perf_counter()
             res[engine] = run_autoattack(model, x, y, engine=engine, **kw)
             seconds[engine] = time.perf_counter() - t0
+        if args.authors_seed is not None:  # the authors' engine against itself: the chance floor of the agreement
+            t0 = time.perf_counter()
+            res["authors, seed"] = run_autoattack(model, x, y, engine="authors", seed=args.authors_seed, **kw)
+            seconds["authors, seed"] = time.perf_counter() - t0
         a, f = res["authors"].flags("robust"), res["fast"].flags("robust")
         entry = {"model": model_name, "norm": norm, "eps": float(eps), "n": len(x), "version": args.version,
                  "clean_top1": res["authors"].clean_top1, "seconds": seconds,
@@ -105,6 +120,7 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
                  "same_verdict": (a == f).float().mean().item(),
                  "robust_only_fast": int((f & ~a).sum()), "robust_only_authors": int((a & ~f).sum()),
                  "precision": args.precision or "auto", "threads": torch.get_num_threads(),
+                 **_authors_seed_entry(res, a, args.authors_seed),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
         entries.append(entry)
         rows.append([f"{model_name} {norm} {eps}", len(x), f"{100 * entry['clean_top1']:.1f}",
@@ -114,6 +130,11 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
     print_table(["model / setting", "n", "clean %", "authors s", "fast s", "fast/authors", "robust authors %",
                  "robust fast %", "same verdict %", "robust only fast", "robust only authors"], rows,
                 title=f"AutoAttack {args.version}: fast engine vs authors' engine ({torch.get_num_threads()} thread(s), CPU)")
+    for e in entries:
+        if "authors_seed" in e:
+            print(f"{e['model']} {e['norm']} {e['eps']}: the authors' engine with seed {e['authors_seed']} against seed 0: "
+                  f"same verdict {100 * e['same_verdict_authors_seeds']:.1f}%, robust "
+                  f"{100 * e['robust_top1_authors_seed']:.1f}% against {100 * e['robust_top1']['authors']:.1f}%")
     key = lambda e: (e["model"], e["norm"], e["eps"], e["n"], e["version"])  # noqa: E731
     new = {key(e) for e in entries}
     out = write_result("autoattack_engines", {"entries": [e for e in old if key(e) not in new] + entries}, path)
@@ -138,6 +159,8 @@ def main() -> None:
     p.add_argument("--vit-small", action="store_true", help="--engines: ViT-S/16 at 64 px trained briefly here")
     p.add_argument("--vit-train-images", type=int, default=2000)
     p.add_argument("--label", default=None, help="--engines: the model's name in the results")
+    p.add_argument("--authors-seed", type=int, default=None,
+                   help="--engines: also run the authors' engine with this seed, for their own seed-to-seed agreement")
     p.add_argument("--precision", default=None, help="--engines: the fast engine's precision (auto, fp32, bf16, fp16)")
     args = p.parse_args()
     if args.precision:
