@@ -11,7 +11,7 @@ pass (never around the fp32 checks, which run the model as it is):
   (matmul, softmax, matmul), whose backward is far faster there than the fused kernel's in reduced
   precision (passes without a gradient keep the fused kernel, faster for them).
 
-See docs/architecture.md, "The fast AutoAttack engine".
+See docs/architecture.md, "AutoAttack engines".
 """
 
 from __future__ import annotations
