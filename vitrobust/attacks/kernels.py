@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import weakref
 from collections.abc import Iterator
 
@@ -50,30 +49,21 @@ def _patchify_convs(model: torch.nn.Module) -> tuple[torch.nn.Conv2d, ...]:
     return _convs[model]
 
 
-_lock = threading.Lock()
-_active: dict[int, int] = {}  # id(conv) -> how many attack_kernels blocks (threads) use it now
-
-
 @contextlib.contextmanager
 def attack_kernels(model: torch.nn.Module, x: torch.Tensor, reduced: bool) -> Iterator[None]:
     """Within: the model's patchify convolutions as matrix products and, on CPU for a pass with a gradient
-    when `reduced`, math attention. Safe when several threads attack the same model."""
+    when `reduced`, math attention. Like torch's sdpa_kernel, whose flags are process-wide, it changes the
+    model for everyone while it lasts: one attack at a time per model."""
     convs = _patchify_convs(model)
-    with _lock:
-        for conv in convs:
-            if not _active.get(id(conv)):
-                conv.forward = functools.partial(_patchify, conv)
-            _active[id(conv)] = _active.get(id(conv), 0) + 1
+    for conv in convs:
+        conv.forward = functools.partial(_patchify, conv)
     try:
         math = reduced and x.device.type == "cpu" and torch.is_grad_enabled()
         with sdpa_kernel([SDPBackend.MATH]) if math else contextlib.nullcontext():
             yield
     finally:
-        with _lock:
-            for conv in convs:
-                _active[id(conv)] -= 1
-                if not _active[id(conv)]:
-                    del _active[id(conv)], conv.forward
+        for conv in convs:
+            del conv.forward
 
 
 __all__ = ["attack_kernels", "is_patchify"]
