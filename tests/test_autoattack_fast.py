@@ -260,6 +260,44 @@ def test_another_seed_draws_other_random_starts(model, images):
     assert not torch.equal(chunks[0][0][1], chunks[1][0][1])
 
 
+class FirstGradientInput(nn.Module):
+    """The model, noting the input of the first gradient pass after each `arm()` (an APGD run's start)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.armed, self.starts = net, False, []
+
+    def forward(self, x):
+        if self.armed and x.requires_grad:
+            self.starts.append(x.detach().clone())
+            self.armed = False
+        return self.net(x)
+
+
+def test_apgd_starts_where_the_authors_code_starts_with_the_same_seed(model, images, monkeypatch):
+    from pyautoattack.autopgd_base import APGDAttack
+
+    from vitrobust.attacks import apgd as apgd_mod
+    x, y = images[0][:24], images[1][:24]
+    spy = FirstGradientInput(model).eval()
+    authors_run = APGDAttack.attack_single_run
+    monkeypatch.setattr(APGDAttack, "attack_single_run", lambda self, *a, **k: setattr(spy, "armed", True)
+                        or authors_run(self, *a, **k))
+    ours, draw = [], apgd_mod.random_start
+    monkeypatch.setattr(apgd_mod, "random_start", lambda *a, **k: ours.append(draw(*a, **k)) or ours[-1])
+    monkeypatch.setenv("VITROBUST_AA_PRECISION", "fp32")
+    for seed in (0, 3):
+        spy.starts.clear(), ours.clear()
+        kw = dict(eps=EPS, version="custom", attacks=WHITE_BOX, batch_size=24, seed=seed)
+        authors = run_autoattack(spy, x, y, **kw, engine="authors")
+        fast = run_autoattack(model, x, y, **kw, engine="fast")
+        assert [r["robust"] for r in fast.samples.values()] == [r["robust"] for r in authors.samples.values()]
+        # version custom keeps the authors' 5 restarts of APGD-CE, then 9 target classes, each run while points are left
+        assert 2 <= len(ours) == len(spy.starts) <= 14
+        for mine, theirs in zip(ours, spy.starts):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-7)
+
+
 def test_version_rand_is_the_authors_engine(model, images, monkeypatch):
     x, y = images[0][:8], images[1][:8]
     calls = []

@@ -6,9 +6,10 @@ the points still robust, with the authors' settings read from their own `AutoAtt
 restarts, target classes, queries, seeds). It is free only where the verdict cannot change:
 
 - APGD-CE, APGD-DLR, APGD-T (vitrobust.attacks.apgd) and FAB-T (vitrobust.attacks.fab_targeted) are
-  ours: the restarts and target classes of a point run as rows of one batch, and a point leaves as
-  soon as it is broken; FAB (untargeted, version plus) and Square are the authors' classes, run on the
-  remaining points;
+  ours, and a point leaves as soon as it is broken. APGD runs its restarts and target classes one after
+  the other, as the authors do, with the random starts their code draws for the same seed; FAB-T,
+  deterministic, runs its target classes as rows of one batch. FAB (untargeted, version plus) and
+  Square are the authors' classes, run on the remaining points;
 - APGD's passes may run in bf16/fp16 (`precision`, else env VITROBUST_AA_PRECISION: auto, fp32, bf16,
   fp16; auto times fp32 against bf16 (CPU, CUDA) or fp16 (MPS, CUDA without bf16) once per model and
   keeps the faster), and a success counts only once the model misclassifies that image in fp32 (a
@@ -29,7 +30,6 @@ import logging
 import os
 import time
 import weakref
-import zlib
 
 import torch
 from pyautoattack import checks
@@ -43,7 +43,7 @@ from vitrobust.errors import InputError
 from vitrobust.registry import ATTACK_ENGINES
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-ROW_ELEMENTS = 2**25  # an APGD batch holds at most this many pixel values per state tensor (or one block of points)
+ROW_ELEMENTS = 2**25  # a FAB-T batch holds at most this many pixel values per state tensor (or one block of points)
 ROW_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t")  # ours, as rows; fab (untargeted) and square are the authors'
 SPEEDUP_NEEDED = 1.2  # auto: reduced precision must be this much faster than fp32
 _chosen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, shape): precision}
@@ -94,10 +94,6 @@ def choose_precision(model: torch.nn.Module, x: torch.Tensor, setting: str | Non
 # --- the attacks ------------------------------------------------------------------------------
 
 
-def _generator(seed: int, attack: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(attack.encode()))
-
-
 def _target_blocks(clean_logits: torch.Tensor, n_targets: int, n_restarts: int) -> list[torch.Tensor]:
     """The authors' target classes: the 2nd, 3rd, ... largest clean logit, each with every restart."""
     order = clean_logits.sort(dim=1)[1]
@@ -106,7 +102,8 @@ def _target_blocks(clean_logits: torch.Tensor, n_targets: int, n_restarts: int) 
 
 def _run_rows(attack: str, fwd: Forward, aa, x, y, clean_logits, spec: AutoAttackSpec) -> tuple:
     """APGD-CE, APGD-DLR, APGD-T or FAB-T on points x as blocks of rows (a restart, or a target class and a
-    restart, for every point), as many blocks per batch as ROW_ELEMENTS allows; points broken leave."""
+    restart, for every point left), APGD's one block per batch, FAB-T's as many as ROW_ELEMENTS allows;
+    points broken leave."""
     n = len(x)
     if attack == "apgd-t":
         runner = aa.apgd_targeted
@@ -116,8 +113,11 @@ def _run_rows(attack: str, fwd: Forward, aa, x, y, clean_logits, spec: AutoAttac
     else:
         runner = aa.apgd
         blocks = [None] * runner.n_restarts
-    per_batch = max(1, ROW_ELEMENTS // max(n * x[0].numel(), 1))
-    gen = _generator(spec.seed, attack)
+    # FAB-T is deterministic, so its blocks may share a batch. APGD's blocks run one at a time, in the
+    # authors' order, each drawing its random start for the points left from one generator seeded like
+    # theirs: the same starts as the authors' code with the same seed (docs/architecture.md)
+    per_batch = max(1, ROW_ELEMENTS // max(n * x[0].numel(), 1)) if attack == "fab-t" else 1
+    gen = torch.Generator().manual_seed(spec.seed)
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     x_found = x.clone()
     warn = functools.partial(checks.check_zero_gradients, logger=logging.getLogger("auto-attack"))
