@@ -25,6 +25,7 @@ with their seed 0 is the floor that chance (other random starts) sets for any en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from common import RESULTS_DIR, fashion_mnist, measure, model_spec, parser, print_table, update, write_result
 from pyautoattack import AutoAttack
 
-from vitrobust.attacks import pgd_attack
+from vitrobust.attacks import fast_engine, pgd_attack
 from vitrobust.attacks.autoattack import run_autoattack
 from vitrobust.data import BatchLoader
 from vitrobust.models import build_model
@@ -93,6 +94,29 @@ def _authors_seed_entry(res: dict, a: torch.Tensor, seed: int | None) -> dict:
             "robust_only_authors_seed": int((b & ~a).sum()), "robust_only_authors_seed0": int((a & ~b).sum())}
 
 
+@contextlib.contextmanager
+def attack_seconds(store: dict):
+    """Within: the seconds of each attack the fast engine runs (its _run_rows / _run_authors calls) add up
+    in store[attack]."""
+    saved = {name: getattr(fast_engine, name) for name in ("_run_rows", "_run_authors")}
+
+    def timed(run):
+        def call(attack, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return run(attack, *args, **kwargs)
+            finally:
+                store[attack] = store.get(attack, 0.0) + time.perf_counter() - t0
+        return call
+    for name, run in saved.items():
+        setattr(fast_engine, name, timed(run))
+    try:
+        yield store
+    finally:
+        for name, run in saved.items():
+            setattr(fast_engine, name, run)
+
+
 def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, args) -> None:
     """Both engines on the same images for each NORM:EPS setting; table + entries in autoattack_engines.json."""
     settings = args.settings or [f"{args.norm}:{args.eps}"]
@@ -102,10 +126,11 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
     for setting in settings:
         norm, eps = setting.split(":")
         kw = dict(norm=norm, eps=float(eps), version=args.version, attacks=args.attacks, batch_size=len(x))
-        res, seconds = {}, {}
+        res, seconds, per_attack = {}, {}, {}
         for engine in ("authors", "fast"):
             t0 = time.perf_counter()
-            res[engine] = run_autoattack(model, x, y, engine=engine, **kw)
+            with attack_seconds(per_attack) if engine == "fast" else contextlib.nullcontext():
+                res[engine] = run_autoattack(model, x, y, engine=engine, **kw)
             seconds[engine] = time.perf_counter() - t0
         if args.authors_seed is not None:  # the authors' engine against itself: the chance floor of the agreement
             t0 = time.perf_counter()
@@ -114,7 +139,10 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
         a, f = res["authors"].flags("robust"), res["fast"].flags("robust")
         entry = {"model": model_name, "norm": norm, "eps": float(eps), "n": len(x), "version": args.version,
                  "clean_top1": res["authors"].clean_top1, "seconds": seconds,
-                 "time_ratio": seconds["fast"] / seconds["authors"],
+                 "time_ratio": seconds["fast"] / seconds["authors"], "fast_seconds_per_attack": per_attack,
+                 # the authors' own Square, in fp32 on the points still robust: its share of the authors' time
+                 # is a floor on the time ratio of any engine that runs Square unchanged
+                 "square_share": per_attack.get("square", 0.0) / seconds["authors"],
                  "robust_top1": {k: r.robust_top1 for k, r in res.items()},
                  "robust_after": {k: r.robust_after() for k, r in res.items()},
                  "same_verdict": (a == f).float().mean().item(),
@@ -131,6 +159,9 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
                  "robust fast %", "same verdict %", "robust only fast", "robust only authors"], rows,
                 title=f"AutoAttack {args.version}: fast engine vs authors' engine ({torch.get_num_threads()} thread(s), CPU)")
     for e in entries:
+        print(f"{e['model']} {e['norm']} {e['eps']}: the fast engine's seconds per attack "
+              + ", ".join(f"{k} {v:.1f}" for k, v in e["fast_seconds_per_attack"].items())
+              + f"; Square alone (the authors' code, fp32) takes {e['square_share']:.2f} of the authors' time")
         if "authors_seed" in e:
             print(f"{e['model']} {e['norm']} {e['eps']}: the authors' engine with seed {e['authors_seed']} against seed 0: "
                   f"same verdict {100 * e['same_verdict_authors_seeds']:.1f}%, robust "
