@@ -147,7 +147,7 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
                  "robust_after": {k: r.robust_after() for k, r in res.items()},
                  "same_verdict": (a == f).float().mean().item(),
                  "robust_only_fast": int((f & ~a).sum()), "robust_only_authors": int((a & ~f).sum()),
-                 "precision": args.precision or "auto", "threads": torch.get_num_threads(),
+                 "precision": os.environ.get("VITROBUST_AA_PRECISION") or "fp32", "threads": torch.get_num_threads(),
                  **_authors_seed_entry(res, a, args.authors_seed),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1m": round(os.getloadavg()[0], 2)}
         entries.append(entry)
@@ -192,7 +192,7 @@ def main() -> None:
     p.add_argument("--label", default=None, help="--engines: the model's name in the results")
     p.add_argument("--authors-seed", type=int, default=None,
                    help="--engines: also run the authors' engine with this seed, for their own seed-to-seed agreement")
-    p.add_argument("--precision", default=None, help="--engines: the fast engine's precision (auto, fp32, bf16, fp16)")
+    p.add_argument("--precision", default=None, help="--engines: the fast engine's precision (fp32: the default, auto, bf16, fp16)")
     args = p.parse_args()
     if args.precision:
         os.environ["VITROBUST_AA_PRECISION"] = args.precision

@@ -10,10 +10,12 @@ restarts, target classes, queries, seeds). It is free only where the verdict can
   the other, as the authors do, with the random starts their code draws for the same seed; FAB-T,
   deterministic, runs its target classes as rows of one batch. FAB (untargeted, version plus) and
   Square are the authors' classes, run on the remaining points;
-- APGD's passes may run in bf16/fp16 (`precision`, else env VITROBUST_AA_PRECISION: auto, fp32, bf16,
-  fp16; auto times fp32 against bf16 (CPU, CUDA) or fp16 (MPS, CUDA without bf16) once per model and
-  keeps the faster), and a success counts only once the model misclassifies that image in fp32 (a
-  refused row keeps being attacked). FAB-T and Square stay in fp32: both decide on small logit
+- APGD's passes run in fp32 by default (the authors' trajectories, so their verdicts) and may run in
+  bf16/fp16 (`precision`, else env VITROBUST_AA_PRECISION: fp32, auto, bf16, fp16; auto times fp32
+  against bf16 (CPU, CUDA) or fp16 (MPS, CUDA without bf16) once per model and keeps the faster): faster,
+  but other trajectories, so some verdicts differ as with another seed (measured, docs/architecture.md).
+  A success counts only once the model misclassifies that image in fp32 (a refused row keeps being
+  attacked). FAB-T and Square stay in fp32: both decide on small logit
   differences near the boundary, which bf16 blurs, and in bf16 both broke fewer points (measured,
   docs/architecture.md);
 - our passes run under vitrobust.attacks.kernels (the same mathematics with cheaper kernels);
@@ -70,9 +72,9 @@ def _timed_pass(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | No
 
 
 def choose_precision(model: torch.nn.Module, x: torch.Tensor, setting: str | None = None) -> str:
-    """fp32, bf16 or fp16 for APGD's passes: `setting`, else env VITROBUST_AA_PRECISION, else auto (the
-    faster on a probe batch of 32 images like x, cached per model)."""
-    setting = setting or os.environ.get("VITROBUST_AA_PRECISION", "auto")
+    """fp32, bf16 or fp16 for APGD's passes: `setting`, else env VITROBUST_AA_PRECISION, else fp32; auto is
+    the faster on a probe batch of 32 images like x (cached per model)."""
+    setting = setting or os.environ.get("VITROBUST_AA_PRECISION") or "fp32"
     if setting != "auto":
         if setting not in PRECISIONS:
             raise InputError(f"AutoAttack precision must be auto, fp32, bf16 or fp16, got {setting!r}")
