@@ -437,6 +437,18 @@ def test_mce_arithmetic_against_hand_computed_numbers():
     assert relative_corruption_errors({"a": [0.3]}, 0.1, {"a": [0.2]}, 0.2) == {"a": None}
 
 
+def test_a_denominator_of_float_rounding_is_zero():
+    # float32 means of the same images: the reference lost nothing, but the difference is not exactly 0
+    clean = torch.arange(100) % 7 != 0
+    ref_error = 1 - clean.float().mean().item()
+    severities = [1 - clean[perm].float().mean().item() for perm in (torch.arange(100), torch.arange(99, -1, -1))]
+    assert relative_corruption_errors({"a": [0.3, 0.3]}, 0.1, {"a": severities}, ref_error) == {"a": None}
+    assert corruption_errors({"a": [0.1]}, {"a": [1e-7]}) == {"a": None}
+    # one image of 50,000 (ImageNet-C's smallest real difference) still counts
+    rel = relative_corruption_errors({"a": [0.3]}, 0.1, {"a": [0.2 + 2e-5]}, 0.2)
+    assert rel["a"] == pytest.approx(0.2 / 2e-5)
+
+
 def test_a_model_with_alexnets_errors_scores_100():
     names = ["gaussian_noise", "fog", "saturate"]
     per = {n: {str(s): 1 - ALEXNET_ERRORS[n] for s in range(1, 6)} for n in names[:2]}

@@ -106,6 +106,22 @@ def test_mce_interval_is_a_seeded_bootstrap_around_the_estimate():
     assert mce_intervals(flags, clean, Reference("self", is_self=True), 50, 0) == ({}, [])
 
 
+def test_a_relative_mce_undefined_in_some_resamples_gets_no_interval():
+    n = 50
+    clean, ours = torch.ones(n, dtype=torch.bool), {flag_path("fog", 1): torch.arange(n) % 2 == 0}
+    ref_clean = (torch.arange(n) < 10) | (torch.arange(n) >= 20)  # wrong on images 10-19
+    ref_fog = ref_clean.clone()
+    ref_fog[30] = False  # fog costs the reference image 30 only: resamples without it lose nothing to fog
+    ref = Reference("ref", errors={"fog": [11 / n]}, clean_error=10 / n,
+                    flags={flag_path("fog", 1): ref_fog, "clean_top1": ref_clean})
+    point = score({"fog": {"1": 0.5}}, 1.0, ref)
+    assert point["relative_mce"] == pytest.approx(100 * 0.5 / (1 / n))
+    ci, notes = mce_intervals(ours, clean, ref, 200, 0)
+    assert "relative_mce" not in ci and "mce" in ci
+    undefined = int(notes[1].split("undefined in ")[1].split(" of")[0])
+    assert 200 * 0.2 < undefined < 200 * 0.6  # (1 - 1/n)^n = 36% of resamples miss image 30
+
+
 @pytest.fixture
 def run_dir(tmp_path, tiny_spec):
     return untrained_run(tmp_path / "run", tiny_spec, "data.test_subset=48")
@@ -185,3 +201,4 @@ def test_mce_against_a_reference_run_is_paired_through_its_per_image_file(tmp_pa
     entry = json.loads((runs[1] / "results.json").read_text())["corruptions"]
     lo, hi = entry["ci95"]["mce"]
     assert lo <= entry["mce"] <= hi and "paired" in entry["notes"][-1]
+    assert entry["relative_mce"] is not None or "relative_mce" not in entry["ci95"]

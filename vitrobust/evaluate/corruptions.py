@@ -82,16 +82,22 @@ FIGURE = "accuracy_vs_severity.png"
 
 # --- mCE -------------------------------------------------------------------------------------
 
+# Errors are fractions of images, read from float32 means: a sum of them that should be 0 may come out as
+# +-1e-7. The smallest true non-zero sum is 1/n (2e-5 for ImageNet-C's 50,000 images), so below this a
+# denominator counts as 0 (the ratio is undefined) rather than making a CE of a million.
+ZERO_ERROR = 1e-6
+
 
 def corruption_errors(
     errors: dict[str, list[float]], ref_errors: dict[str, list[float]]
 ) -> dict[str, float | None]:
-    """CE_c = sum_s err / sum_s err_ref for every corruption the reference has (None: reference sum is 0)."""
+    """CE_c = sum_s err / sum_s err_ref for every corruption the reference has (None: reference sum is 0,
+    up to ZERO_ERROR)."""
     out = {}
     for name, errs in errors.items():
         if name in ref_errors:
             denom = sum(ref_errors[name])
-            out[name] = sum(errs) / denom if denom > 0 else None
+            out[name] = sum(errs) / denom if denom > ZERO_ERROR else None
     return out
 
 
@@ -102,12 +108,12 @@ def relative_corruption_errors(
     ref_clean_error: float,
 ) -> dict[str, float | None]:
     """sum_s (err - err_clean) / sum_s (err_ref - err_ref_clean); None where the reference lost nothing
-    to the corruption (denominator <= 0: the ratio has no meaning there)."""
+    to the corruption (denominator <= ZERO_ERROR: the ratio has no meaning there)."""
     out = {}
     for name, errs in errors.items():
         if name in ref_errors:
             denom = sum(e - ref_clean_error for e in ref_errors[name])
-            out[name] = sum(e - clean_error for e in errs) / denom if denom > 0 else None
+            out[name] = sum(e - clean_error for e in errs) / denom if denom > ZERO_ERROR else None
     return out
 
 
@@ -349,7 +355,9 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
     """Bootstrap 95% intervals of mce and relative_mce over the images (seeded), both from the same
     resamples; `flags` maps flag_path -> per-image correctness. The reference's errors are resampled with
     the same images when its per-image results cover them (a paired bootstrap), and held fixed otherwise
-    (AlexNet's published errors)."""
+    (AlexNet's published errors). A number undefined in some resample (the resampled reference lost
+    nothing to a corruption) gets no interval, with a note: the defined resamples alone would give an
+    interval that leaves out exactly the images that make the ratio blow up."""
     if ref.is_self or ref.errors is None:
         return {}, []
     paired = ref.flags is not None and all(k in ref.flags for k in [*flags, "clean_top1"])
@@ -366,12 +374,21 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
                 errors.setdefault(name, []).append(1 - _top1(ref.flags[path][idx]))
             reference = Reference(ref.name, errors=errors, clean_error=1 - _top1(ref.flags["clean_top1"][idx]))
         out = score(per, _top1(clean[idx]), reference)
-        return {key: math.nan if out[key] is None else float(out[key]) for key in ("mce", "relative_mce")}
+        for key in undefined:
+            undefined[key] += out[key] is None
+        return {key: math.nan if out[key] is None else float(out[key]) for key in undefined}
 
+    undefined = {"mce": 0, "relative_mce": 0}
     ci95 = bootstrap(scores, len(clean), resamples, seed)
-    ci95 = {key: ci for key, ci in ci95.items() if all(math.isfinite(v) for v in ci)}  # undefined: no interval
     how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
-    return ci95, [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
+    notes = [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
+    for key, count in undefined.items():
+        if count:
+            del ci95[key]
+        if 0 < count < resamples:  # undefined everywhere: so is the number itself, and score() says why
+            notes.append(f"no {key} interval: undefined in {count} of {resamples} resamples (the resampled "
+                         f"reference lost nothing to some corruption there); evaluate more images for one")
+    return ci95, notes
 
 
 @register_benchmark("corruptions", suites=("corruptions", "quick", "imagenet"), cost=COST_MINUTES)
