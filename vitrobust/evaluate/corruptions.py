@@ -362,6 +362,7 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
         return {}, []
     paired = ref.flags is not None and all(k in ref.flags for k in [*flags, "clean_top1"])
     sets = [(path, *path.split(".")[1:]) for path in flags]  # (path, name, severity)
+    undefined = {"mce": 0, "relative_mce": 0}  # resamples where each number has no value
 
     def scores(idx: torch.Tensor) -> dict[str, float]:
         per: dict[str, dict[str, float]] = {}
@@ -378,7 +379,6 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
             undefined[key] += out[key] is None
         return {key: math.nan if out[key] is None else float(out[key]) for key in undefined}
 
-    undefined = {"mce": 0, "relative_mce": 0}
     ci95 = bootstrap(scores, len(clean), resamples, seed)
     how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
     notes = [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
