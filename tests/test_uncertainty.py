@@ -5,6 +5,7 @@ per-image results are saved beside results.json; the report shows intervals and 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -64,6 +65,10 @@ def test_bootstrap_is_reproducible_for_a_seed_and_brackets_the_estimate():
     assert both["mean"] == first and both["twice"] == pytest.approx([2 * v for v in first], abs=2e-6)  # same draws
     constant = torch.full((50,), 0.25, dtype=torch.float64)
     assert bootstrap(lambda idx: float(constant[idx].mean()), 50, 100) == [0.25, 0.25]
+    # a statistic undefined in some resamples (here: those that draw image 0) has no interval
+    scores = torch.ones(50, dtype=torch.float64)
+    scores[0] = math.nan
+    assert all(math.isnan(v) for v in bootstrap(lambda idx: float(scores[idx].mean()), 50, 100))
 
 
 def test_annotate_gives_wilson_for_correctness_and_a_bootstrap_for_scores():

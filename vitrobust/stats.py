@@ -50,13 +50,14 @@ def mcnemar(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def percentile_interval(values: list[float], level: float = 0.95) -> list[float]:
-    """The central `level` interval of the finite values ([nan, nan] without any)."""
-    finite = torch.tensor(values, dtype=torch.float64)
-    finite = finite[torch.isfinite(finite)]
-    if not len(finite):
+    """The central `level` interval of the values; [nan, nan] (no interval) if any is undefined
+    (non-finite): the defined ones alone would leave out exactly the resamples where the statistic
+    breaks down, and give an interval narrower than the truth."""
+    values = torch.tensor(values, dtype=torch.float64)
+    if not len(values) or not bool(torch.isfinite(values).all()):
         return [math.nan, math.nan]
     tail = (1 - level) / 2
-    lo, hi = torch.quantile(finite, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    lo, hi = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return [round(lo, 6), round(hi, 6)]
 
 

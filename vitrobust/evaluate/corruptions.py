@@ -356,13 +356,12 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
     resamples; `flags` maps flag_path -> per-image correctness. The reference's errors are resampled with
     the same images when its per-image results cover them (a paired bootstrap), and held fixed otherwise
     (AlexNet's published errors). A number undefined in some resample (the resampled reference lost
-    nothing to a corruption) gets no interval, with a note: the defined resamples alone would give an
-    interval that leaves out exactly the images that make the ratio blow up."""
+    nothing to a corruption) gets no interval (stats.percentile_interval), with a note."""
     if ref.is_self or ref.errors is None:
         return {}, []
     paired = ref.flags is not None and all(k in ref.flags for k in [*flags, "clean_top1"])
     sets = [(path, *path.split(".")[1:]) for path in flags]  # (path, name, severity)
-    undefined = {"mce": 0, "relative_mce": 0}  # resamples where each number has no value
+    undefined = {"mce": 0, "relative_mce": 0}  # resamples where each number has no value: for the notes
 
     def scores(idx: torch.Tensor) -> dict[str, float]:
         per: dict[str, dict[str, float]] = {}
@@ -382,9 +381,8 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
     ci95 = bootstrap(scores, len(clean), resamples, seed)
     how = "paired: the reference resampled with the same images" if paired else "the reference's errors held fixed"
     notes = [f"mCE intervals: bootstrap over images ({resamples} resamples, seed {seed}; {how})"]
+    ci95 = {key: ci for key, ci in ci95.items() if all(math.isfinite(v) for v in ci)}
     for key, count in undefined.items():
-        if count:
-            del ci95[key]
         if 0 < count < resamples:  # undefined everywhere: so is the number itself, and score() says why
             notes.append(f"no {key} interval: undefined in {count} of {resamples} resamples (the resampled "
                          f"reference lost nothing to some corruption there); evaluate more images for one")
