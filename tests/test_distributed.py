@@ -104,3 +104,21 @@ def test_two_process_evaluation_matches_one_process(runs):
     assert sharded["n"] == single["n"] == 120
     assert sharded["top1"] == pytest.approx(single["top1"], abs=1e-9)
     assert 0 < single["top1"] <= 1
+
+
+EXIT_SCRIPT = """
+from vitrobust.distributed import all_gather_objects, setup_distributed
+setup_distributed("cpu")
+for _ in range(20):
+    all_gather_objects(list(range(100)))
+"""
+
+
+def test_a_script_that_never_calls_shutdown_exits_cleanly(tmp_path):
+    """setup_distributed destroys the gloo group at exit: a group left to the exit handlers aborted a rank
+    ("terminate called without an active exception") in 26 of 40 runs of this script without it."""
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    for _ in range(5):
+        proc = run_cmd([TORCHRUN, "--standalone", "--nproc_per_node", "2", script], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0, explain(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -42,7 +43,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup_distributed(device_name: str = "auto") -> Dist:
-    """Reads torchrun's environment; initialises the process group once when WORLD_SIZE > 1."""
+    """Reads torchrun's environment; initialises the process group once when WORLD_SIZE > 1 and destroys it
+    when the interpreter exits (see shutdown)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,6 +53,7 @@ def setup_distributed(device_name: str = "auto") -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(shutdown)  # a script that never calls shutdown() must not abort at exit either
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
