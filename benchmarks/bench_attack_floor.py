@@ -1,0 +1,127 @@
+"""The least time any AutoAttack engine can take on a model, from its cost per model pass: the floor under
+the fast engine's time ratio (issue 13), in fp32 and in bf16.
+
+A point that survives an attack received that attack's whole budget, whatever the engine, so with the
+survivors of each attack (robust accuracy after it, `--from-entry`) the passes every engine must run are
+known (version standard): APGD-CE, 1 restart of 1 + 100 passes with the gradient; APGD-T, 9 targets of
+1 + 100; FAB-T, 9 targets of 1 + 100; Square, 5,000 forward passes. The script times one forward and one
+forward + input-gradient pass per image at the batch each attack runs (APGD: the points left; FAB-T: 9
+rows per point; Square: the points left), as the fast engine's passes run them (vitrobust.attacks.apgd.
+Forward), in fp32 and bf16, and multiplies. FAB-T's count is one pass with the gradient per iteration;
+a row pulled back towards the clean image needs a forward pass too (to check the point it was pulled back
+from), so FAB-T's true floor lies higher. It also reports what a forward pass spends its time on
+(matrix products against everything else, torch.profiler) and the GFLOP/s of its matrix products
+(torch.utils.flop_counter): a pass near the core's peak has nothing left to win in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS_DIR, print_table, report
+from common import parser as bench_parser
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitrobust.attacks.apgd import Forward
+from vitrobust.models.io import load_model
+
+# version standard: (attack, passes per point, pass kind, rows per point in a batch)
+BUDGETS = [("apgd-ce", 1 + 100, "grad", 1), ("apgd-t", 9 * (1 + 100), "grad", 1),
+           ("fab-t", 9 * (1 + 100), "grad", 9), ("square", 5000, "forward", 1)]
+MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def per_image_seconds(model, shape, batch: int, dtype, kind: str, repeats: int) -> float:
+    """Best seconds per image of one pass (forward, or forward + input gradient) on `batch` images."""
+    fwd, x, best = Forward(model, dtype), torch.rand(batch, *shape), float("inf")
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        if kind == "forward":
+            with torch.no_grad():
+                fwd(x)
+        else:
+            xr = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                torch.autograd.grad(fwd(xr).logsumexp(1).sum(), xr)
+        if r:  # the first is a warm-up
+            best = min(best, time.perf_counter() - t0)
+    return best / batch
+
+
+def forward_profile(model, shape, batch: int) -> dict:
+    """Share of a forward pass's CPU time in matrix products, and their GFLOP/s."""
+    x = torch.rand(batch, *shape)
+    with torch.no_grad():
+        model(x)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        with torch.profiler.profile() as prof:
+            for _ in range(3):
+                model(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
+    mm_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op).replace(".", "::", 1) in MATMULS)
+    return {"batch": batch, "matmul_share": mm / total, "matmul_gflop_per_s": mm_flops / (mm / 3 / 1e6) / 1e9,
+            "forward_gflop": counter.get_total_flops() / 1e9}
+
+
+def main() -> None:
+    p = bench_parser(__doc__, "attack_floor", threads=1, repeats=3)
+    p.add_argument("--model-path", required=True, help="a vitrobust run dir or weights file")
+    p.add_argument("--from-entry", required=True, metavar="MODEL",
+                   help="the `model` of an entry in results/autoattack_engines.json (its survivors and times)")
+    p.add_argument("--setting", default="Linf:0.1", help="that entry's NORM:EPS")
+    p.add_argument("--n", type=int, default=500, help="that entry's number of images")
+    args = p.parse_args()
+
+    norm, eps = args.setting.split(":")
+    entries = json.loads((RESULTS_DIR / "autoattack_engines.json").read_text())["entries"]
+    match = [e for e in entries if e["model"] == args.from_entry and e["norm"] == norm
+             and abs(e["eps"] - float(eps)) < 1e-9 and e["n"] == args.n and e["version"] == "standard"]
+    if not match:
+        raise SystemExit(f"no standard entry for {args.from_entry!r} at {args.setting}, n={args.n} in "
+                         f"results/autoattack_engines.json; run bench_autoattack.py --engines first")
+    entry = match[-1]
+    model = load_model(args.model_path).eval()
+    shape = tuple(model.input_shape)
+
+    rows, floor = [], {"fp32": 0.0, "bf16": 0.0}
+    for attack, passes, kind, per_point in BUDGETS:
+        survivors = round(entry["robust_after"]["authors"][attack] * args.n)
+        batch = max(survivors * per_point, 1)
+        cost = {name: per_image_seconds(model, shape, batch, dtype, kind, args.repeats)
+                for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
+        seconds = {name: survivors * passes * c for name, c in cost.items()}
+        for name in floor:
+            floor[name] += seconds[name]
+        rows.append({"attack": attack, "survivors": survivors, "passes_per_point": passes, "kind": kind,
+                     "batch": batch, "ms_per_image": {k: 1e3 * v for k, v in cost.items()},
+                     "floor_s": seconds, "fast_engine_s": entry.get("fast_seconds_per_attack", {}).get(attack)})
+    authors = entry["seconds"]["authors"]
+    profile = forward_profile(model, shape, max(rows[-1]["batch"], 1))
+    payload = {"model": args.from_entry, "model_path": args.model_path, "setting": args.setting, "n": args.n,
+               "attacks": rows, "floor_s": floor, "authors_s": authors, "fast_s": entry["seconds"]["fast"],
+               "floor_ratio": {k: v / authors for k, v in floor.items()}, "forward_profile": profile}
+
+    print_table(["attack", "survivors", "passes/pt", "batch", "ms/img fp32", "ms/img bf16", "floor s fp32",
+                 "floor s bf16", "fast engine s"],
+                [[r["attack"], r["survivors"], r["passes_per_point"], r["batch"], r["ms_per_image"]["fp32"],
+                  r["ms_per_image"]["bf16"], r["floor_s"]["fp32"], r["floor_s"]["bf16"], r["fast_engine_s"]]
+                 for r in rows], title=f"{args.from_entry} {args.setting}, n={args.n}")
+    print(f"\nfloor: fp32 {floor['fp32']:.1f} s, bf16 {floor['bf16']:.1f} s; authors {authors:.1f} s, "
+          f"fast {entry['seconds']['fast']:.1f} s -> floor ratio fp32 {floor['fp32'] / authors:.2f}, "
+          f"bf16 {floor['bf16'] / authors:.2f}")
+    print(f"forward at batch {profile['batch']}: {profile['matmul_share']:.0%} of CPU time in matrix products, "
+          f"{profile['matmul_gflop_per_s']:.0f} GFLOP/s there ({profile['forward_gflop']:.2f} GFLOP per pass)")
+    path = Path(args.out) if args.out else RESULTS_DIR / "attack_floor.json"
+    old = json.loads(path.read_text()).get("entries", []) if path.exists() else []  # other settings' entries stay
+    same = [e for e in old if (e["model"], e["setting"], e["n"]) == (payload["model"], args.setting, args.n)]
+    report("attack_floor", {"entries": [e for e in old if e not in same] + [payload]}, path)
+
+
+if __name__ == "__main__":
+    main()
