@@ -11,7 +11,9 @@ Forward), in fp32 and bf16, and multiplies. FAB-T's count is one pass with the g
 a row pulled back towards the clean image needs a forward pass too (to check the point it was pulled back
 from), so FAB-T's true floor lies higher. It also reports what a forward pass spends its time on
 (matrix products against everything else, torch.profiler) and the GFLOP/s of its matrix products
-(torch.utils.flop_counter): a pass near the core's peak has nothing left to win in fp32.
+(torch.utils.flop_counter; on the CPU only): a pass near the core's peak has nothing left to win in fp32.
+`--device cuda` times the passes on a GPU; the floor ratio divides by the entry's time of the authors'
+engine, so take an entry measured on the same device.
 """
 
 from __future__ import annotations
@@ -34,10 +36,17 @@ BUDGETS = [("apgd-ce", 1 + 100, "grad", 1), ("apgd-t", 9 * (1 + 100), "grad", 1)
 MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
-def per_image_seconds(model, shape, batch: int, dtype, kind: str, repeats: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def per_image_seconds(model, shape, batch: int, dtype, kind: str, repeats: int, device="cpu") -> float:
     """Best seconds per image of one pass (forward, or forward + input gradient) on `batch` images."""
-    fwd, x, best = Forward(model, dtype), torch.rand(batch, *shape), float("inf")
+    device = torch.device(device)
+    fwd, x, best = Forward(model, dtype), torch.rand(batch, *shape, device=device), float("inf")
     for r in range(repeats + 1):
+        _sync(device)
         t0 = time.perf_counter()
         if kind == "forward":
             with torch.no_grad():
@@ -46,13 +55,14 @@ def per_image_seconds(model, shape, batch: int, dtype, kind: str, repeats: int) 
             xr = x.clone().requires_grad_(True)
             with torch.enable_grad():
                 torch.autograd.grad(fwd(xr).logsumexp(1).sum(), xr)
+        _sync(device)
         if r:  # the first is a warm-up
             best = min(best, time.perf_counter() - t0)
     return best / batch
 
 
 def forward_profile(model, shape, batch: int) -> dict:
-    """Share of a forward pass's CPU time in matrix products, and their GFLOP/s."""
+    """Share of a forward pass's CPU time in matrix products, and their GFLOP/s (on the CPU)."""
     x = torch.rand(batch, *shape)
     with torch.no_grad():
         model(x)
@@ -70,7 +80,7 @@ def forward_profile(model, shape, batch: int) -> dict:
 
 
 def main() -> None:
-    p = bench_parser(__doc__, "attack_floor", threads=1, repeats=3)
+    p = bench_parser(__doc__, "attack_floor", threads=1, repeats=3, device="cpu")
     p.add_argument("--model-path", required=True, help="a vitrobust run dir or weights file")
     p.add_argument("--from-entry", required=True, metavar="MODEL",
                    help="the `model` of an entry in results/autoattack_engines.json (its survivors and times)")
@@ -86,14 +96,14 @@ def main() -> None:
         raise SystemExit(f"no standard entry for {args.from_entry!r} at {args.setting}, n={args.n} in "
                          f"results/autoattack_engines.json; run bench_autoattack.py --engines first")
     entry = match[-1]
-    model = load_model(args.model_path).eval()
+    model = load_model(args.model_path).eval().to(args.device)
     shape = tuple(model.input_shape)
 
     rows, floor = [], {"fp32": 0.0, "bf16": 0.0}
     for attack, passes, kind, per_point in BUDGETS:
         survivors = round(entry["robust_after"]["authors"][attack] * args.n)
         batch = max(survivors * per_point, 1)
-        cost = {name: per_image_seconds(model, shape, batch, dtype, kind, args.repeats)
+        cost = {name: per_image_seconds(model, shape, batch, dtype, kind, args.repeats, args.device)
                 for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
         seconds = {name: survivors * passes * c for name, c in cost.items()}
         for name in floor:
@@ -102,7 +112,7 @@ def main() -> None:
                      "batch": batch, "ms_per_image": {k: 1e3 * v for k, v in cost.items()},
                      "floor_s": seconds, "fast_engine_s": entry.get("fast_seconds_per_attack", {}).get(attack)})
     authors = entry["seconds"]["authors"]
-    profile = forward_profile(model, shape, max(rows[-1]["batch"], 1))
+    profile = forward_profile(model, shape, rows[-1]["batch"]) if args.device == "cpu" else None
     payload = {"model": args.from_entry, "model_path": args.model_path, "setting": args.setting, "n": args.n,
                "attacks": rows, "floor_s": floor, "authors_s": authors, "fast_s": entry["seconds"]["fast"],
                "floor_ratio": {k: v / authors for k, v in floor.items()}, "forward_profile": profile}
@@ -115,8 +125,9 @@ def main() -> None:
     print(f"\nfloor: fp32 {floor['fp32']:.1f} s, bf16 {floor['bf16']:.1f} s; authors {authors:.1f} s, "
           f"fast {entry['seconds']['fast']:.1f} s -> floor ratio fp32 {floor['fp32'] / authors:.2f}, "
           f"bf16 {floor['bf16'] / authors:.2f}")
-    print(f"forward at batch {profile['batch']}: {profile['matmul_share']:.0%} of CPU time in matrix products, "
-          f"{profile['matmul_gflop_per_s']:.0f} GFLOP/s there ({profile['forward_gflop']:.2f} GFLOP per pass)")
+    if profile:
+        print(f"forward at batch {profile['batch']}: {profile['matmul_share']:.0%} of CPU time in matrix products, "
+              f"{profile['matmul_gflop_per_s']:.0f} GFLOP/s there ({profile['forward_gflop']:.2f} GFLOP per pass)")
     path = Path(args.out) if args.out else RESULTS_DIR / "attack_floor.json"
     old = json.loads(path.read_text()).get("entries", []) if path.exists() else []  # other settings' entries stay
     same = [e for e in old if (e["model"], e["setting"], e["n"]) == (payload["model"], args.setting, args.n)]
