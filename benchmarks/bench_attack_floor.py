@@ -4,14 +4,15 @@ the fast engine's time ratio (issue 13), in fp32 and in bf16.
 A point that survives an attack received that attack's whole budget, whatever the engine, so with the
 survivors of each attack (robust accuracy after it, `--from-entry`) the passes every engine must run are
 known (version standard): APGD-CE, 1 restart of 1 + 100 passes with the gradient; APGD-T, 9 targets of
-1 + 100; FAB-T, 9 targets of 1 + 100; Square, 5,000 forward passes. The script times one forward and one
-forward + input-gradient pass per image at the batch each attack runs (APGD: the points left; FAB-T: 9
-rows per point; Square: the points left), as the fast engine's passes run them (vitrobust.attacks.apgd.
-Forward), in fp32 and bf16, and multiplies. FAB-T's count is one pass with the gradient per iteration;
-a row pulled back towards the clean image needs a forward pass too (to check the point it was pulled back
-from), so FAB-T's true floor lies higher. It also reports what a forward pass spends its time on
-(matrix products against everything else, torch.profiler) and the GFLOP/s of its matrix products
-(torch.utils.flop_counter; on the CPU only): a pass near the core's peak has nothing left to win in fp32.
+1 + 100; FAB-T, 9 targets of 1 + 99 (its last iteration only checks); Square, 5,000 forward passes. The
+script times one forward and one forward + input-gradient pass per image at the batch each attack runs
+(APGD: the points left; FAB-T: 9 rows per point; Square: the points left), as the fast engine runs its
+passes (vitrobust.attacks.fast_engine.timed_pass), in fp32 and bf16, and multiplies. FAB-T's count leaves
+out the forward passes it needs to check the points it pulls back towards the clean image, so its true
+floor lies higher. On the CPU it also reports what a forward pass spends its time on (matrix products
+against everything else, torch.profiler), the GFLOP/s of those products (torch.utils.flop_counter), and
+the GFLOP/s of one large fp32 matrix product on the same threads: passes near that have nothing left to
+win in fp32.
 `--device cuda` times the passes on a GPU; the floor ratio divides by the entry's time of the authors'
 engine, so take an entry measured on the same device.
 """
@@ -20,45 +21,30 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, print_table, report
+from common import RESULTS_DIR, merge_entries, print_table
 from common import parser as bench_parser
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitrobust.attacks.apgd import Forward
+from vitrobust.attacks.fast_engine import timed_pass
 from vitrobust.models.io import load_model
 
 # version standard: (attack, passes per point, pass kind, rows per point in a batch)
 BUDGETS = [("apgd-ce", 1 + 100, "grad", 1), ("apgd-t", 9 * (1 + 100), "grad", 1),
-           ("fab-t", 9 * (1 + 100), "grad", 9), ("square", 5000, "forward", 1)]
+           ("fab-t", 9 * (1 + 99), "grad", 9), ("square", 5000, "forward", 1)]
 MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def per_image_seconds(model, shape, batch: int, dtype, kind: str, repeats: int, device="cpu") -> float:
-    """Best seconds per image of one pass (forward, or forward + input gradient) on `batch` images."""
-    device = torch.device(device)
-    fwd, x, best = Forward(model, dtype), torch.rand(batch, *shape, device=device), float("inf")
-    for r in range(repeats + 1):
-        _sync(device)
+def matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of the best of `repeats` fp32 products of two size x size matrices (the CPU's practical peak)."""
+    a, b, best = torch.rand(size, size), torch.rand(size, size), float("inf")
+    a @ b
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        if kind == "forward":
-            with torch.no_grad():
-                fwd(x)
-        else:
-            xr = x.clone().requires_grad_(True)
-            with torch.enable_grad():
-                torch.autograd.grad(fwd(xr).logsumexp(1).sum(), xr)
-        _sync(device)
-        if r:  # the first is a warm-up
-            best = min(best, time.perf_counter() - t0)
-    return best / batch
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
 
 
 def forward_profile(model, shape, batch: int) -> dict:
@@ -76,7 +62,7 @@ def forward_profile(model, shape, batch: int) -> dict:
     mm = sum(e.self_cpu_time_total for e in events if e.key in MATMULS)
     mm_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op).replace(".", "::", 1) in MATMULS)
     return {"batch": batch, "matmul_share": mm / total, "matmul_gflop_per_s": mm_flops / (mm / 3 / 1e6) / 1e9,
-            "forward_gflop": counter.get_total_flops() / 1e9}
+            "forward_gflop": counter.get_total_flops() / 1e9, "matmul_peak_gflop_per_s": matmul_peak()}
 
 
 def main() -> None:
@@ -103,7 +89,8 @@ def main() -> None:
     for attack, passes, kind, per_point in BUDGETS:
         survivors = round(entry["robust_after"]["authors"][attack] * args.n)
         batch = max(survivors * per_point, 1)
-        cost = {name: per_image_seconds(model, shape, batch, dtype, kind, args.repeats, args.device)
+        x = torch.rand(batch, *shape, device=args.device)
+        cost = {name: timed_pass(model, x, dtype, args.repeats, grad=kind == "grad") / batch
                 for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
         seconds = {name: survivors * passes * c for name, c in cost.items()}
         for name in floor:
@@ -127,11 +114,10 @@ def main() -> None:
           f"bf16 {floor['bf16'] / authors:.2f}")
     if profile:
         print(f"forward at batch {profile['batch']}: {profile['matmul_share']:.0%} of CPU time in matrix products, "
-              f"{profile['matmul_gflop_per_s']:.0f} GFLOP/s there ({profile['forward_gflop']:.2f} GFLOP per pass)")
-    path = Path(args.out) if args.out else RESULTS_DIR / "attack_floor.json"
-    old = json.loads(path.read_text()).get("entries", []) if path.exists() else []  # other settings' entries stay
-    same = [e for e in old if (e["model"], e["setting"], e["n"]) == (payload["model"], args.setting, args.n)]
-    report("attack_floor", {"entries": [e for e in old if e not in same] + [payload]}, path)
+              f"{profile['matmul_gflop_per_s']:.0f} GFLOP/s there ({profile['forward_gflop']:.2f} GFLOP per pass); "
+              f"one 2048 x 2048 fp32 product: {profile['matmul_peak_gflop_per_s']:.0f} GFLOP/s")
+    out = merge_entries("attack_floor", [payload], lambda e: (e["model"], e["setting"], e["n"]), args.out)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -26,15 +26,22 @@ with their seed 0 is the floor that chance (other random starts) sets for any en
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS_DIR, fashion_mnist, measure, model_spec, parser, print_table, update, write_result
+from common import (
+    fashion_mnist,
+    measure,
+    merge_entries,
+    model_spec,
+    parser,
+    print_table,
+    update,
+    write_result,
+)
 from pyautoattack import AutoAttack
 
 from vitrobust.attacks import fast_engine, pgd_attack
@@ -120,8 +127,6 @@ def attack_seconds(store: dict):
 def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, args) -> None:
     """Both engines on the same images for each NORM:EPS setting; table + entries in autoattack_engines.json."""
     settings = args.settings or [f"{args.norm}:{args.eps}"]
-    path = Path(args.out) if args.out else RESULTS_DIR / "autoattack_engines.json"
-    old = json.loads(path.read_text()).get("entries", []) if path.exists() else []  # other models' entries stay
     rows, entries = [], []
     for setting in settings:
         norm, eps = setting.split(":")
@@ -166,9 +171,8 @@ def compare_engines(model, model_name: str, x: torch.Tensor, y: torch.Tensor, ar
             print(f"{e['model']} {e['norm']} {e['eps']}: the authors' engine with seed {e['authors_seed']} against seed 0: "
                   f"same verdict {100 * e['same_verdict_authors_seeds']:.1f}%, robust "
                   f"{100 * e['robust_top1_authors_seed']:.1f}% against {100 * e['robust_top1']['authors']:.1f}%")
-    key = lambda e: (e["model"], e["norm"], e["eps"], e["n"], e["version"])  # noqa: E731
-    new = {key(e) for e in entries}
-    out = write_result("autoattack_engines", {"entries": [e for e in old if key(e) not in new] + entries}, path)
+    out = merge_entries("autoattack_engines", entries, lambda e: (e["model"], e["norm"], e["eps"], e["n"], e["version"]),
+                        args.out)  # other models' entries stay
     print(f"-> {out}")
 
 

@@ -118,6 +118,14 @@ def write_result(name: str, payload: dict, out: str | Path | None = None) -> Pat
     return path
 
 
+def merge_entries(name: str, entries: list[dict], key: Callable[[dict], tuple], out: str | Path | None = None) -> Path:
+    """`write_result` of {"entries": ...}: the file's earlier entries stay, except those with the key of a new one."""
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    old = json.loads(path.read_text()).get("entries", []) if path.exists() else []
+    new = {key(e) for e in entries}
+    return write_result(name, {"entries": [e for e in old if key(e) not in new] + entries}, path)
+
+
 def report(name: str, payload: dict, out: str | Path | None = None) -> Path:
     """`write_result`, then print where the JSON went."""
     path = write_result(name, payload, out)

@@ -54,16 +54,20 @@ _chosen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(d
 # --- precision --------------------------------------------------------------------------------
 
 
-def _timed_pass(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None, repeats: int = 3) -> float:
-    """Best seconds of a forward and backward pass (input gradient) on x, after one warm-up pass."""
+def timed_pass(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None, repeats: int = 3,
+               grad: bool = True) -> float:
+    """Best seconds of one of the engine's passes on x (`Forward` in `dtype`): forward and backward (input
+    gradient), or forward only without `grad`; after one warm-up pass."""
     fwd, best = Forward(model, dtype), float("inf")
     for r in range(repeats + 1):
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         t0 = time.perf_counter()
-        xr = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            torch.autograd.grad(fwd(xr).logsumexp(1).sum(), xr)
+        xr = x.detach().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out = fwd(xr)
+            if grad:
+                torch.autograd.grad(out.logsumexp(1).sum(), xr)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
         if r:
@@ -86,7 +90,7 @@ def choose_precision(model: torch.nn.Module, x: torch.Tensor, setting: str | Non
         low = "fp16" if device == "mps" or (device == "cuda" and not torch.cuda.is_bf16_supported()) else "bf16"
         probe = x[:32].repeat(-(-32 // len(x)), *[1] * (x.dim() - 1))[:32]
         try:
-            fast = _timed_pass(model, probe, PRECISIONS[low]) * SPEEDUP_NEEDED < _timed_pass(model, probe, None)
+            fast = timed_pass(model, probe, PRECISIONS[low]) * SPEEDUP_NEEDED < timed_pass(model, probe, None)
         except (RuntimeError, TypeError):  # autocast not supported for this model/device
             fast = False
         cache[key] = low if fast else "fp32"
@@ -230,4 +234,4 @@ def fast_attack_chunk(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return aa_mod._records(y, clean, robust, attack_of, x, x_adv, spec), x_adv, log.messages
 
 
-__all__ = ["choose_precision", "fast_attack_chunk"]
+__all__ = ["choose_precision", "fast_attack_chunk", "timed_pass"]
