@@ -206,8 +206,10 @@ def no_grad(fn: Callable, *args) -> Callable[[], None]:
 
 
 def fashion_mnist(split: str, n: int | None = None, cfg: DataConfig | None = None) -> ImageSet:
-    """The first n images (default: all) of a Fashion-MNIST split, as `cfg` (default: the defaults) loads it."""
-    return load_split(cfg or DataConfig(), split).subset(n)
+    """A balanced sample of n images (default: all) of a Fashion-MNIST split, as `cfg` (default: the defaults)
+    loads it."""
+    cfg = cfg or DataConfig()
+    return load_split(cfg, split).subset(n, cfg.subset_seed)
 
 
 def model_spec(name: str, data: ImageSet, img_size: int = 32, **extra) -> dict:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_adversarial import MLP, RoundToGrid, attack_context, trained_model
-from helpers_adversarial import test_images as first_test_images
+from helpers_adversarial import MLP, RoundToGrid, as_float, attack_context, trained_model
 from torch import nn
 
 from vitrobust.attacks.autoattack import run_autoattack
@@ -71,7 +70,7 @@ def test_autoattack_benchmark_follows_the_design_and_resumes(model, tmp_path):
     assert all_ok(res["checks"]), res["checks"]
     assert set(res["checks"]) >= {"in_ball", "square", "large_eps", "authors_checks", "robust_le_clean"}
     assert res["robust_after"]["apgd-t"] == res["robust_top1"] <= res["robust_after"]["apgd-ce"] < res["clean_top1"]
-    x, y = first_test_images(64)
+    x, y = as_float(ctx.data, 64)  # the benchmark's balanced sample, attacked directly
     direct = run_autoattack(model, x, y, eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], batch_size=32)
     assert res["robust_top1"] == direct.robust_top1 and res["clean_top1"] == direct.clean_top1
     assert (tmp_path / "autoattack_examples.png").read_bytes()[:8] == PNG

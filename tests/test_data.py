@@ -175,13 +175,12 @@ def test_partial_root_is_not_accepted(tiny_idx_root):
 # --- ImageSet / load_split --------------------------------------------------------------------
 
 
-def test_subset_first_n_in_order():
-    data = make_set(10)
-    sub = data.subset(4)
-    assert len(sub) == 4
-    assert sub.labels.tolist() == data.labels[:4].tolist()
-    assert torch.equal(sub.images, data.images[:4])
-    assert [int(sub.sample(i)[0, 0, 0]) for i in range(4)] == [0, 1, 2, 3]
+def test_subset_is_a_balanced_sample_that_keeps_images_and_positions():
+    data = make_set(10)  # labels 0..4 twice
+    sub = data.subset(5)
+    assert len(sub) == 5 and sorted(sub.labels.tolist()) == [0, 1, 2, 3, 4]  # one per class, not the first 5
+    assert torch.equal(sub.images, data.images[sub.positions])  # the images at the recorded positions
+    assert [int(sub.sample(i)[0, 0, 0]) for i in range(5)] == sub.positions.tolist()
     assert (sub.classes, sub.img_size, sub.mean) == (data.classes, data.img_size, data.mean)
     assert data.subset(None) is data
     assert data.subset(10) is data and data.subset(99) is data
@@ -193,18 +192,20 @@ def test_subset_of_lazy_set_keeps_reader():
                     read=lambda i: base.images[i])
     sub = lazy.subset(3)
     assert sub.images is None and len(sub) == 3
-    assert torch.equal(sub.sample(2), base.images[2])
+    assert torch.equal(sub.sample(2), base.images[int(sub.positions[2])])
 
 
 def test_load_split_subsets_and_cache(tiny_idx_root, tiny_idx_arrays):
     cfg = DataConfig(name="fashion_mnist", root=str(tiny_idx_root), train_subset=10, test_subset=5)
     train, test = load_split(cfg, "train"), load_split(cfg, "test")
     assert (len(train), len(test)) == (10, 5)
-    assert torch.equal(train.images[:, 0, 2:30, 2:30], torch.from_numpy(tiny_idx_arrays["train"][0][:10]))
-    assert test.labels.tolist() == tiny_idx_arrays["test"][1][:5].tolist()
+    picked = train.positions.numpy()
+    assert torch.equal(train.images[:, 0, 2:30, 2:30], torch.from_numpy(tiny_idx_arrays["train"][0][picked]))
+    assert test.labels.tolist() == tiny_idx_arrays["test"][1][test.positions.numpy()].tolist()
     full = load_split(DataConfig(name="fashion_mnist", root=str(tiny_idx_root)), "train")
     assert len(full) == 64
-    assert full.images.data_ptr() == train.images.data_ptr()  # decoded once per process
+    assert load_split(DataConfig(name="fashion_mnist", root=str(tiny_idx_root)), "train") is full  # decoded once
+    assert torch.equal(train.images, full.images[train.positions])
 
 
 def test_load_split_unknown_name_suggests():
@@ -298,7 +299,7 @@ def test_image_folder_in_memory_and_lazy_identical(image_folder, train):
 def test_load_split_imagefolder(image_folder):
     cfg = DataConfig(name="imagefolder", root=str(image_folder.root), img_size=8, in_memory=False, test_subset=4)
     test = load_split(cfg, "test")
-    assert len(test) == 4 and test.labels.tolist() == [0, 0, 1, 1]
+    assert len(test) == 4 and sorted(test.labels.tolist().count(c) for c in range(3)) == [1, 1, 2]  # balanced
     assert test.sample(0).shape == (3, 8, 8)
 
 

@@ -176,6 +176,8 @@ def check_entry(entry, ctx: EvalContext) -> None:
             lo, hi = entry["ci95"][path]
             mean = values.float().mean().item()
             assert lo - 1e-6 <= mean <= hi + 1e-6, (path, mean, lo, hi)
+        sample = entry["sample"]  # which images it was measured on (evaluate.core.record_sample)
+        assert sample["rule"] in ("balanced", "all") and sample["n"] == sum(sample["class_counts"].values()), sample
     assert isinstance(entry.get("seconds"), Real) and entry["seconds"] >= 0
     fractions = top1_values(entry)
     bad = [v for v in fractions if isinstance(v, bool) or not isinstance(v, Real) or not 0.0 <= v <= 1.0]

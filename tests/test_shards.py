@@ -218,7 +218,10 @@ def test_balance_and_resume_point_by_hand():
     assert resume_point([3, 1, 2], 5) == ([2, 1, 2], 0)
     stream = ShardStream(tuple(shards), None, 10)
     assert stream.steps(world=2, workers=1, share=2) == 3  # ranks: 6 samples (3 batches), 6 samples (3 batches)
-    assert [s.count for s in stream.first(7).shards] == [5, 2]
+    sub = stream.select([9, 0, 4, 11])  # yields index i for split position positions[i]
+    assert [(s.path, s.count, s.picks) for s in sub.shards] == [
+        ("s0", 2, ((0, 1), (4, 2))), ("s2", 1, ((1, 0),)), ("s3", 1, ((0, 3),))]
+    assert [(s.path, s.picks) for s in sub.select([4, 9]).shards] == [("s0", ((4, 0),)), ("s2", ((1, 1),))]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -253,7 +256,7 @@ def test_stream_refusals(shards):
         BatchLoader(data, 9, CPU, train=True, rank=0, world=9)
     with pytest.raises(ConfigError, match="fewer than"):
         BatchLoader(data, 64, CPU, train=True)
-    sub = data.subset(20)  # data.train_subset: the first 20 samples of the split
+    sub = data.subset(20)  # data.train_subset: a balanced sample of the split, streamed
     loader = BatchLoader(sub, 4, CPU, train=True)
     assert sorted(i for b in epoch(loader, 0) for i in b) == list(range(20))
 

@@ -91,6 +91,31 @@ def read_results(path: str | Path) -> dict:
         raise InputError(f"{path} is not valid JSON ({err}); delete it and evaluate again") from None
 
 
+def measured_by_prefix(entry: object) -> bool:
+    """An entry measured on the first n images of its set: the rule before subsets were balanced samples
+    (docs/architecture.md, "Subsets are balanced"); mark_prefix_samples names the entries of old files so."""
+    sample = entry.get("sample") if isinstance(entry, dict) else None
+    return isinstance(sample, dict) and sample.get("rule") == "prefix"
+
+
+def mark_prefix_samples(results: dict) -> dict:
+    """Mark (in place) each measured entry, top-level or under `variants`, written before entries recorded
+    their `sample`: {"rule": "prefix", "n": n}. Such an entry was measured on the first n images; a file
+    does not say whether n was the whole set, so every one is marked (a re-measurement costs less than
+    comparing different images)."""
+    if not isinstance(results, dict):
+        return results
+    variants = results.get("variants")
+    entries = [*results.items(), *(variants.items() if isinstance(variants, dict) else ())]
+    for name, entry in entries:
+        if name in ("meta", "variants") or not isinstance(entry, dict) or "sample" in entry:
+            continue
+        n = entry.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            entry["sample"] = {"rule": "prefix", "n": n}
+    return results
+
+
 def write_results(path: str | Path, results: dict, meta: dict | None = None) -> dict:
     """Merge benchmark entries into results.json (atomically, under `locked(path)`); other benchmarks'
     entries are kept, and `meta` is merged into the stored meta."""
@@ -207,5 +232,5 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 __all__ = ["LOCK_TIMEOUT_S", "METRICS_FILE", "PER_IMAGE_FILE", "RESULTS_FILE", "MetricsLog", "lock_path", "locked",
-           "per_image_path", "read_metrics", "read_per_image", "read_results", "update_results", "write_per_image",
-           "write_results"]
+           "mark_prefix_samples", "measured_by_prefix", "per_image_path", "read_metrics", "read_per_image",
+           "read_results", "update_results", "write_per_image", "write_results"]

@@ -76,7 +76,7 @@ def loader_kwargs(cfg: DataConfig, loader: Callable) -> dict:
 
 
 def load_split(cfg: DataConfig, split: str) -> ImageSet:
-    """The split ('train' or 'test'), cached per process; subsets are the first n samples.
+    """The split ('train' or 'test'), cached per process; a subset is a balanced sample (ImageSet.subset).
 
     With data.masks.source set the split carries those masks; with data.masks.split=reference both
     'train' and 'test' are parts of the masked training split (splits.py).
@@ -98,7 +98,7 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
     data = apply_split(data, masks, split)
     if data.has_masks and data.mask_resize != masks.resize:
         data = replace(data, mask_resize=masks.resize)
-    return data.subset(cfg.train_subset if split == "train" else cfg.test_subset)
+    return data.subset(cfg.train_subset if split == "train" else cfg.test_subset, cfg.subset_seed)
 
 
 __all__ = ["DATASETS", "Batch", "BatchLoader", "DatasetError", "ImageSet", "load_split", "register_dataset"]

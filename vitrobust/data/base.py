@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -38,6 +40,26 @@ def decode_all(read: Callable[[int], torch.Tensor], n: int) -> torch.Tensor:
     """Every sample decoded, by a pool of threads (PIL decodes and resizes without holding the GIL)."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         return torch.stack(list(pool.map(read, range(n))))
+
+
+def _rank(seed: int, key: str) -> int:
+    """A seeded pseudo-random rank by blake2b: the same on every machine and version (unlike torch or random)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+def balanced_order(labels: torch.Tensor, positions: torch.Tensor, seed: int) -> torch.Tensor:
+    """Every index of a set in balanced order: each class's samples ranked by the hash of their position, then
+    round r takes the r-th of every class that has one, the classes in a seeded order per round. Its first n
+    is the balanced sample of n (the round taken in part decides which classes get one more)."""
+    by_class: dict[int, list[tuple[int, int, int]]] = {}
+    for i, (y, p) in enumerate(zip(labels.tolist(), positions.tolist())):
+        by_class.setdefault(y, []).append((_rank(seed, str(p)), p, i))
+    queues = {y: [i for _, _, i in sorted(members)] for y, members in by_class.items()}
+    order: list[int] = []
+    for r in range(max(map(len, queues.values()), default=0)):
+        ranked = sorted((_rank(seed, f"round{r}:class{y}"), y) for y, q in queues.items() if r < len(q))
+        order += [queues[y][r] for _, y in ranked]
+    return torch.tensor(order, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,8 @@ class ImageSet:
     read_mask: Callable[[int], torch.Tensor] | None = None
     mask_resize: str = "nearest"
     stream: Any = None  # a ShardStream (data/stream.py) when training reads the split shard by shard
+    positions: torch.Tensor | None = None  # each sample's position in the loaded split (None: 0..n-1)
+    balanced_seed: int | None = None  # the seed of the balanced order the samples are in (subset), else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,16 +111,27 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, n: int | None) -> ImageSet:
-        """The first n samples in dataset order (the deterministic evaluation subset)."""
+    @property
+    def source_positions(self) -> torch.Tensor:
+        """Each sample's position in the split as its loader gave it (what names an image)."""
+        return torch.arange(len(self)) if self.positions is None else self.positions
+
+    def subset(self, n: int | None, seed: int = 0) -> ImageSet:
+        """A balanced sample of n (docs/architecture.md, "Subsets are balanced"): n / classes of each class as
+        far as they go, drawn with `seed` (data.subset_seed) by hashes, so the same images on any machine;
+        classes interleaved, so a prefix of a sample is the smaller sample and a sample of a sample (same
+        seed) is its prefix. n >= len: the set itself, in its order."""
         if n is None or n >= len(self):
             return self
-        return replace(self, labels=self.labels[:n], images=None if self.images is None else self.images[:n],
-                       masks=None if self.masks is None else self.masks[:n],
-                       stream=None if self.stream is None else self.stream.first(n))
+        prefix = self.balanced_seed == seed
+        idx = torch.arange(n) if prefix else balanced_order(self.labels, self.source_positions, seed)[:n]
+        out = replace(self.select(idx), balanced_seed=seed)
+        if self.stream is not None:  # the training stream reads the sample's members only
+            out = replace(out, stream=self.stream.select(out.source_positions.tolist()))
+        return out
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
-        """The samples at `indices`, in that order (lazy readers are re-indexed, masks kept)."""
+        """The samples at `indices`, in that order (lazy readers are re-indexed, masks and positions kept)."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         positions = tuple(idx.tolist())
         return replace(
@@ -104,7 +139,34 @@ class ImageSet:
             read=None if self.read is None else Reindexed(self.read, positions),
             masks=None if self.masks is None else self.masks[idx],
             read_mask=None if self.read_mask is None else Reindexed(self.read_mask, positions), stream=None,
+            positions=self.source_positions[idx], balanced_seed=None,
         )
+
+    def digest(self, n: int | None = None) -> str:
+        """Names the first n images (default: all): equal digests, the same images in the same order. The first
+        n of the loaded split keep the digest they had when subsets were prefixes (they are the same images);
+        any other selection also hashes its positions, so an old prefix digest never names a balanced sample."""
+        n = len(self) if n is None else n
+        h = hashlib.sha256(f"{self.name}|{n}|".encode())
+        h.update(self.labels[:n].to(torch.int64).numpy().tobytes())
+        positions = self.source_positions[:n].to(torch.int64)
+        if not torch.equal(positions, torch.arange(len(positions))):
+            h.update(b"|positions|" + positions.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def sample_info(self, n: int | None = None) -> dict:
+        """How the first n images (default: all) were drawn, as results entries record it: the rule (balanced,
+        with its seed; all: the whole set given; prefix: its first n), n, and the images of each class."""
+        n = len(self) if n is None else n
+        if self.balanced_seed is not None:
+            rule = {"rule": "balanced", "seed": self.balanced_seed}
+        else:
+            rule = {"rule": "all" if n >= len(self) else "prefix"}
+        counts: dict[str, int] = {}
+        for label, k in sorted(Counter(self.labels[:n].tolist()).items()):
+            name = self.classes[label] if 0 <= label < len(self.classes) else str(label)
+            counts[name] = counts.get(name, 0) + k
+        return {**rule, "n": n, "class_counts": counts}
 
     @property
     def has_masks(self) -> bool:

@@ -3,12 +3,13 @@
 - ImageNet-C: ROOT/<corruption>/<severity 1..5>/<wnid>/*.JPEG, 224-px images made from the ImageNet
   validation set (resize 256, centre crop 224, then corrupted). Samples are taken in the order of
   vitrobust's image folders (sorted class folders, then sorted files), which is the clean
-  validation folder's order, so the first n corrupted images are the first n clean ones.
+  validation folder's order, so corrupted image k is clean image k.
 - CIFAR-10-C / CIFAR-100-C: ROOT/<corruption>.npy holding 5 x N images (N x 32 x 32 x 3 uint8 per
   severity, stacked in order 1..5) and ROOT/labels.npy (5 x N labels, or N).
 
-Each loader returns the first n samples of one (corruption, severity) as an ImageSet whose class
-list, mean and std are the clean evaluation set's (`like`); its labels must agree with `like`'s.
+Each loader returns one (corruption, severity) of the first n images of `like` (the clean evaluation set,
+a sample of the clean split: the files' images at its positions) as an ImageSet whose class list, mean and
+std are `like`'s; its labels must agree with `like`'s.
 """
 
 from __future__ import annotations
@@ -37,24 +38,31 @@ def _root(root: str | None, source: str) -> Path:
 
 
 def _check_labels(labels: torch.Tensor, like: ImageSet, where: str) -> None:
-    """The corrupted set is the clean set corrupted: its first labels must be the clean split's."""
+    """The corrupted set is the clean set corrupted: its labels must be the clean sample's."""
     k = min(len(labels), len(like))
     bad = (labels[:k] != like.labels[:k]).nonzero()
     if len(bad):
         i = int(bad[0])
         raise DatasetError(
-            f"{where}: sample {i} has label {int(labels[i])} but the clean test split ({like.name}) says "
+            f"{where}: sample {int(like.source_positions[i])} has label {int(labels[i])} but the clean test "
+            f"split ({like.name}) says "
             f"{int(like.labels[i])}; the corrupted files must be made from data.name's test split "
             f"in the same order (e.g. CIFAR-10-C with data.name=cifar10, ImageNet-C with the "
             f"ImageNet validation folder)"
         )
 
 
-def _too_few(where: str, have: int, n: int) -> DatasetError:
-    return DatasetError(
-        f"{where} holds {have} images, fewer than the {n} evaluated: lower "
-        f"evaluate.corruptions.subset to at most {have}"
-    )
+def _positions(where: str, have: int, n: int, like: ImageSet) -> list[int]:
+    """Positions in the clean split of the first n images of `like`; the files must hold every one."""
+    if have < n:
+        raise DatasetError(f"{where} holds {have} images, fewer than the {n} evaluated: lower "
+                           f"evaluate.corruptions.subset to at most {have}")
+    positions = like.source_positions[:n].tolist()
+    if positions and max(positions) >= have:
+        raise DatasetError(f"{where} holds {have} images, but the evaluated sample holds clean image "
+                           f"{max(positions)}: subsets are balanced samples of the whole clean split, so the "
+                           f"corrupted files must hold all of it, in its order")
+    return positions
 
 
 def _decode_as_is(path: Path) -> torch.Tensor:
@@ -89,11 +97,10 @@ def load_imagenet_c(root: str | None, name: str, severity: int, n: int, like: Im
             f"*.JPEG under evaluate.corruptions.root (is {name} severity {severity} extracted?)"
         )
     files, folder_labels, classes = list_image_folder(folder)
-    if len(files) < n:
-        raise _too_few(str(folder), len(files), n)
+    positions = _positions(str(folder), len(files), n, like)
     mapping = _class_index(classes, like, folder)
-    files = files[:n]
-    labels = torch.tensor([mapping[label] for label in folder_labels[:n]], dtype=torch.int64)
+    files = [files[p] for p in positions]
+    labels = torch.tensor([mapping[folder_labels[p]] for p in positions], dtype=torch.int64)
     _check_labels(labels, like, str(folder))
     first = _decode_as_is(files[0])
 
@@ -146,13 +153,12 @@ def load_cifar_c(root: str | None, name: str, severity: int, n: int, like: Image
             f"{base / 'labels.npy'} holds {labels.shape} labels; expected {5 * per} (or {per}) to match "
             f"{name}.npy"
         )
-    if n > per:
-        raise _too_few(f"{base / f'{name}.npy'} (severity {severity})", per, n)
+    rows = np.asarray(_positions(f"{base / f'{name}.npy'} (severity {severity})", per, n, like), dtype=np.int64)
     start = (severity - 1) * per
-    label_rows = labels[start : start + n] if len(labels) == 5 * per else labels[:n]
+    label_rows = labels[start + rows] if len(labels) == 5 * per else labels[rows]
     y = torch.from_numpy(np.asarray(label_rows, dtype=np.int64))
     _check_labels(y, like, f"{base / 'labels.npy'} (severity {severity})")
-    x = torch.from_numpy(np.ascontiguousarray(images[start : start + n].transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.ascontiguousarray(images[start + rows].transpose(0, 3, 1, 2)))
     return ImageSet(
         labels=y,
         classes=like.classes,

@@ -326,13 +326,15 @@ def corrupt_images(
 
 
 def cache_key(data: ImageSet, n: int, name: str, severity: int, seed: int, size: tuple[int, int]) -> dict:
-    """What a cached corrupted set depends on: the dataset (name and folder), the first-n subset, the
-    corruption, severity, seed, image size and channels, and the imagecorruptions version."""
+    """What a cached corrupted set depends on: the dataset (name and folder), which images (the digest of
+    the first n, naming their positions: a balanced sample never reuses a set cached when subsets were
+    prefixes), the corruption, severity, seed, image size and channels, and the imagecorruptions version."""
     return {
         "format": CACHE_FORMAT,
         "dataset": data.name,
         "root": str(data.info.get("root", "")),
         "n": int(n),
+        "images": data.digest(n),
         "corruption": name,
         "severity": int(severity),
         "seed": int(seed),

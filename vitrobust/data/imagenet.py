@@ -4,8 +4,9 @@ The sets are lazy (an ImageSet with `read`; in_memory only where asked for): ima
 PIL in the loader's worker processes, not held in memory. The preprocessing follows torchvision's `Resize(short) + CenterCrop(size)`
 exactly (the pipeline RobustBench and RobustViT evaluate with), so numbers are comparable with theirs.
 
-Sample order: the classes are interleaved (the first image of every class, then the second, ...), so
-that "the first n samples" (the evaluation subsets of docs/architecture.md) cover the classes evenly.
+Sample order: the classes are interleaved (the first image of every class, then the second, ...), the
+order evaluation subsets were prefixes of; it stays so that positions (which name the images in results)
+keep their meaning. Subsets are balanced samples now (ImageSet.subset), whatever the order.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from vitrobust.errors import ConfigError, DatasetError
 class Shard:
     path: str
     start: int  # index of its first sample in the split
-    count: int  # samples read from it (its first `count` in member order)
+    count: int  # samples read from it (its first `count` in member order, or its picks)
+    picks: tuple[tuple[int, int], ...] | None = None  # a subset's (member offset, index yielded), by offset
 
 
 def balance(shards: list[Shard], groups: int) -> list[list[Shard]]:
@@ -78,9 +79,20 @@ class ShardStream:
     read: Callable  # a ShardReader (data/shards.py): its decode_sample decodes a streamed sample
     buffer: int  # samples in the shuffle buffer
 
-    def first(self, n: int) -> ShardStream:
-        """The stream of the first n samples of the split (data.train_subset)."""
-        kept = [replace(s, count=min(s.count, n - s.start)) for s in self.shards if s.start < n]
+    def select(self, positions: list[int]) -> ShardStream:
+        """The stream of the split's samples at `positions` (a balanced data.train_subset), yielding index i for
+        positions[i]: each shard is still read in member order, the samples left out skipped undecoded, so the
+        batches are a function of the picks and resuming stays exact."""
+        wanted = {p: i for i, p in enumerate(positions)}
+        kept = []
+        for shard in self.shards:
+            offsets = range(shard.count) if shard.picks is None else [o for o, _ in shard.picks]
+            picks = tuple((o, wanted.pop(shard.start + o)) for o in offsets if shard.start + o in wanted)
+            if picks:
+                kept.append(replace(shard, count=len(picks), picks=picks))
+        if wanted:
+            raise DatasetError(f"webdataset: {len(wanted)} selected samples are in no shard of the stream "
+                               f"(e.g. split index {next(iter(wanted))})")
         return replace(self, shards=tuple(kept))
 
     def groups(self, world: int, workers: int) -> list[list[list[Shard]]]:
@@ -113,13 +125,16 @@ class ShardStream:
         yield from itertools.islice(items, max(0, steps - skip))
 
     def samples(self, shards: list[Shard]) -> Iterator[dict]:
-        """The samples of `shards` in that order, each with its split index as `__index__`."""
+        """The samples of `shards` in that order, each with its index in the split (or subset) as `__index__`."""
         for shard in shards:
+            picks = None if shard.picks is None else dict(shard.picks)  # member offset -> index yielded
             n = 0
-            for sample in tarfile_samples([{"url": shard.path}]):
+            for offset, sample in enumerate(tarfile_samples([{"url": shard.path}])):
                 if n == shard.count:
                     break
-                sample["__index__"] = shard.start + n
+                if picks is not None and offset not in picks:
+                    continue  # not in the subset: skipped undecoded
+                sample["__index__"] = shard.start + offset if picks is None else picks[offset]
                 n += 1
                 yield sample
             if n < shard.count:

@@ -39,7 +39,7 @@ def evaluate(model: torch.nn.Module, suite: str = "clean", *, cfg: Config | None
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if data is None:
         data = load_split(cfg.data, "test")
-    data = data.subset(subset if subset is not None else cfg.evaluate.subset)
+    data = data.subset(subset if subset is not None else cfg.evaluate.subset, cfg.data.subset_seed)
     ctx = EvalContext(cfg=cfg, data=data, device=device, out_dir=Path(out_dir) if out_dir else None,
                       batch_size=batch_size or cfg.data.eval_batch_size)
     results = run_suite(model, suite, ctx, progress, on_result)

@@ -1,6 +1,6 @@
 """Adversarial benchmarks: `pgd`, `autoattack` and `eps_sweep`, each with self-checks.
 
-All read `cfg.evaluate.attack` (AttackConfig) and attack the first `attack.subset` images of the
+All read `cfg.evaluate.attack` (AttackConfig) and attack a balanced sample of `attack.subset` images of the
 evaluation split, sharded over ranks. Every result holds `checks: {name: {ok, detail}}`; a failed
 check is also emitted as a `CheckWarning`. Misuse (a model in train mode, probabilities instead of
 logits, eps outside the valid range, images outside [0,1]) raises InputError.
@@ -57,7 +57,7 @@ def _warn_failed(name: str, checks: dict, ctx: EvalContext) -> None:
 
 
 def attack_data(ctx: EvalContext) -> ImageSet:
-    return ctx.data.subset(ctx.cfg.evaluate.attack.subset)
+    return ctx.data.subset(ctx.cfg.evaluate.attack.subset, ctx.cfg.data.subset_seed)
 
 
 def attack_batch_size(ctx: EvalContext) -> int:
@@ -70,9 +70,9 @@ def _loader(ctx: EvalContext, data: ImageSet, batch_size: int, sharded: bool = T
 
 
 def check_images(ctx: EvalContext, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `attack.check_n` images of the attacked set (the same on every rank)."""
+    """A balanced sample of `attack.check_n` of the attacked images (the same on every rank)."""
     n = min(ctx.cfg.evaluate.attack.check_n, len(data))
-    batch = next(iter(_loader(ctx, data.subset(n), n, sharded=False)))
+    batch = next(iter(_loader(ctx, data.subset(n, ctx.cfg.data.subset_seed), n, sharded=False)))
     return batch.x, batch.y
 
 

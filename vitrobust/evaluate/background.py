@@ -122,7 +122,7 @@ def _draw(ctx: EvalContext, sets: dict[str, ImageSet], preds: dict[str, torch.Te
 @register_benchmark("background", suites=("background", "quick"))
 def background(model: torch.nn.Module, ctx: EvalContext) -> dict:
     b = ctx.cfg.evaluate.background
-    data = ctx.data.subset(b.subset)
+    data = ctx.data.subset(b.subset, ctx.cfg.data.subset_seed)
     if not data.has_masks:  # the quick suite runs on any data: say why there is no number
         return {**dict.fromkeys(VARIANTS), "bg_gap": None, "n": 0, "seed": b.seed, "skipped": NO_MASKS, "figures": []}
     same, rand = pair_backgrounds(data.labels, b.seed)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from vitrobust.errors import InputError, suggest
 from vitrobust.evaluate.progress import PredictionStore, progress_dir
 from vitrobust.evaluate.progress import clear as clear_progress
 from vitrobust.registry import Registry
-from vitrobust.results import read_results
+from vitrobust.results import mark_prefix_samples, measured_by_prefix, read_results
 from vitrobust.stats import bootstrap, interval
 
 COST_SECONDS, COST_MINUTES, COST_HOURS = 0, 1, 2  # Benchmark.cost: what one run takes on a large set
@@ -26,18 +26,57 @@ PER_IMAGE = "per_image"  # entry key a benchmark fills with per_image(); run_sui
 
 
 def images_digest(data: ImageSet, n: int | None = None) -> str:
-    """Names the first n images of a set (subsets are prefixes): two results with the same digest were
-    measured on the same images, so they can be compared image by image."""
-    n = len(data) if n is None else n
-    h = hashlib.sha256(f"{data.name}|{n}|".encode())
-    h.update(data.labels[:n].to(torch.int64).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Names the first n images of a set by their positions in the split (ImageSet.digest): two results with
+    the same digest were measured on the same images, so they can be compared image by image."""
+    return data.digest(n)
 
 
-def per_image(data: ImageSet, values: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """One per-image result (bool: correct; float: a score) over the first len(values) images of `data`."""
+class PerImage(tuple):
+    """(values, images digest) of one per-image result, with `sample`: how those images were drawn
+    (ImageSet.sample_info), which run_suite records in the entry."""
+
+    def __new__(cls, values: torch.Tensor, digest: str, sample: dict | None = None):
+        out = super().__new__(cls, (values, digest))
+        out.sample = sample
+        return out
+
+    def __reduce__(self):
+        return PerImage, (self[0], self[1], self.sample)
+
+
+def per_image(data: ImageSet, values: torch.Tensor, part: str | None = None) -> PerImage:
+    """One per-image result (bool: correct; float: a score) over the first len(values) images of `data`;
+    with `part`, over the images of `data` that `part` names (e.g. those with a non-empty mask)."""
     values = values.detach().cpu().flatten()
-    return values, images_digest(data, len(values))
+    if part is not None:
+        return PerImage(values, f"{data.digest()}-{part}", data.sample_info())
+    return PerImage(values, data.digest(len(values)), data.sample_info(len(values)))
+
+
+def record_sample(entry: dict) -> dict:
+    """entry["sample"]: the images its per-image results were measured on. Parts measured on different sets
+    (SI-Score's factors) each record theirs where the entry holds the part, the entry their pooled counts."""
+    found = {path: v.sample for path, v in (entry.get(PER_IMAGE) or {}).items() if getattr(v, "sample", None)}
+    distinct = list({json.dumps(s, sort_keys=True): s for s in found.values()}.values())
+    if not distinct or "sample" in entry:
+        return entry
+    if len(distinct) == 1:
+        entry["sample"] = distinct[0]
+        return entry
+    for path, sample in found.items():
+        part = entry
+        for key in path.split(".")[:-1]:
+            part = part.get(key) if isinstance(part, dict) else None
+        if isinstance(part, dict) and part is not entry:
+            part.setdefault("sample", sample)
+    rules, seeds = {s["rule"] for s in distinct}, {s.get("seed") for s in distinct}
+    counts: Counter = Counter()
+    for s in distinct:
+        counts.update(s["class_counts"])
+    entry["sample"] = {"rule": rules.pop() if len(rules) == 1 else "mixed",
+                       **({"seed": seeds.pop()} if len(seeds) == 1 and None not in seeds else {}),
+                       "n": sum(s["n"] for s in distinct), "class_counts": dict(counts)}
+    return entry
 
 
 def annotate(entry: dict, resamples: int, seed: int) -> dict:
@@ -253,6 +292,7 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
         t0 = time.perf_counter()
         results[name] = BENCHMARKS.get(name).run(model, ctx)
         results[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        record_sample(results[name])
         annotate(results[name], ctx.cfg.evaluate.bootstrap_resamples, ctx.cfg.evaluate.bootstrap_seed)
         done = time.time()
         if on_result:
@@ -271,13 +311,14 @@ def summarize(name: str, result: dict) -> str:
 
 
 def missing_benchmarks(run_dir: Path, suite: str) -> list[str]:
-    """The suite's benchmarks that results.json lacks, or all of them if the weights are newer."""
+    """The suite's benchmarks that results.json lacks (or holds as measured on the first n images, the old
+    subset rule: not comparable with balanced samples), or all of them if the weights are newer."""
     results, weights = Path(run_dir) / "results.json", Path(run_dir) / "model.safetensors"
     names = expand_suite(suite)
     if not results.is_file() or not weights.is_file() or results.stat().st_mtime < weights.stat().st_mtime:
         return names
-    have = read_results(results)
-    return [name for name in names if name not in have]
+    have = mark_prefix_samples(read_results(results))
+    return [name for name in names if name not in have or measured_by_prefix(have[name])]
 
 
 def is_evaluated(run_dir: Path, suite: str) -> bool:

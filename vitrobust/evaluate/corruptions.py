@@ -1,7 +1,7 @@
 """The `corruptions` benchmark: top-1 per corruption and severity, mCE and relative mCE.
 
-Reads `cfg.evaluate.corruptions` (CorruptionConfig). The corrupted images are the first `subset`
-test samples, generated with imagecorruptions (source=generate; seeded, optionally cached and made in
+Reads `cfg.evaluate.corruptions` (CorruptionConfig). The corrupted images are a balanced sample of
+`subset` test samples, generated with imagecorruptions (source=generate; seeded, optionally cached and made in
 worker processes) or read from the published ImageNet-C / CIFAR-C files. Each (corruption,
 severity) set is corrupted once and predicted in batches, sharded over ranks.
 
@@ -196,7 +196,7 @@ def run_reference(
     errors = {name: [1.0 - entry["per_corruption"][name][str(s)] for s in severities] for name in names}
     clean = entry.get("clean_top1")
     name = results.get("meta", {}).get("run") or ref_dir.name
-    ours = images_digest(ctx.data, n)
+    ours = images_digest(ctx.data.subset(n, ctx.cfg.data.subset_seed))  # the images this run corrupts
     flags = {key: values for key, (values, digest) in read_per_image(path).get("corruptions", {}).items()
              if digest == ours}
     return Reference(name, path=ref, errors=errors, clean_error=None if clean is None else 1.0 - clean,
@@ -393,7 +393,7 @@ def mce_intervals(flags: dict[str, torch.Tensor], clean: torch.Tensor, ref: Refe
 def corruptions(model: torch.nn.Module, ctx: EvalContext) -> dict:
     c = ctx.cfg.evaluate.corruptions
     names, severities = corruption_names(c.names), check_severities(c.severities)
-    data = ctx.data.subset(c.subset)
+    data = ctx.data.subset(c.subset, ctx.cfg.data.subset_seed)
     if not len(data):
         raise InputError("the evaluation split is empty: nothing to corrupt")
     ref = resolve_reference(ctx, c, names, severities, len(data))  # fail before hours of work

@@ -20,7 +20,7 @@ VARIANTS = "variants"  # results.json key holding results measured with other se
 # entry fields that say how a result was measured (not what it measured)
 SETTING_KEYS = ("data", "n", "norm", "eps", "eps_list", "attack", "version", "attacks", "engine", "steps",
                 "step_size", "restarts", "gradient", "seed", "severities", "source", "reference", "method",
-                "target", "iou_threshold", "resize")
+                "target", "iou_threshold", "resize", "subset_seed")
 
 
 def is_skip(entry: dict) -> bool:
@@ -29,7 +29,11 @@ def is_skip(entry: dict) -> bool:
 
 
 def settings_of(entry: dict) -> dict:
-    return {k: entry[k] for k in SETTING_KEYS if k in entry}
+    settings = {k: entry[k] for k in SETTING_KEYS if k in entry}
+    sample = entry.get("sample")
+    if isinstance(sample, dict) and sample.get("rule") == "balanced":
+        settings["subset_seed"] = sample.get("seed")  # another seed, other images (an old entry has none)
+    return settings
 
 
 def _text(value) -> str:

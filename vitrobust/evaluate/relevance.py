@@ -23,7 +23,7 @@ import torch
 
 from vitrobust.distributed import all_gather_objects
 from vitrobust.errors import InputError
-from vitrobust.evaluate.core import COST_MINUTES, PER_IMAGE, EvalContext, images_digest, register_benchmark
+from vitrobust.evaluate.core import COST_MINUTES, PER_IMAGE, EvalContext, per_image, register_benchmark
 from vitrobust.explain.relevance import UnsupportedModel, attention_modules, explain
 
 BATCH = 64  # images per relevance batch: every block's attention map and its gradient are held at once
@@ -76,13 +76,13 @@ def relevance(model: torch.nn.Module, ctx: EvalContext) -> dict:
         attention_modules(model)
     except UnsupportedModel as err:
         return _skipped(rel, str(err))
-    data = ctx.data.subset(rel.subset)
+    data = ctx.data.subset(rel.subset, ctx.cfg.data.subset_seed)
     has_masks = bool(getattr(data, "has_masks", False))
     if ctx.cfg.data.masks.source != "none" and not has_masks:
         raise InputError(f"data.masks.source={ctx.cfg.data.masks.source} but the evaluation images carry no masks: "
                          f"check data.masks (root, threshold, callable)")
     if not has_masks:  # maps for the figure only
-        data = data.subset(max(rel.grid, 1))
+        data = data.subset(max(rel.grid, 1), ctx.cfg.data.subset_seed)
     loader = replace(ctx, batch_size=min(ctx.batch_size, BATCH)).loader(data)
     parts, shown = [], None
     for batch in loader:
@@ -115,4 +115,4 @@ def relevance(model: torch.nn.Module, ctx: EvalContext) -> dict:
     scores = {"foreground_share": share[kept].float(), "pointing_game": hit[kept].bool(), "iou": iou[kept].float()}
     return {"foreground_share": mean(share), "pointing_game": mean(hit), "iou": mean(iou), "method": rel.method,
             "target": rel.target, "n": n, "n_empty_masks": int(len(index)) - n, "iou_threshold": rel.iou_threshold,
-            "figures": figures, PER_IMAGE: {k: (v, images_digest(data) + "-nonempty") for k, v in scores.items()}}
+            "figures": figures, PER_IMAGE: {k: per_image(data, v, part="nonempty") for k, v in scores.items()}}

@@ -126,7 +126,8 @@ def top1(model: torch.nn.Module, ctx: EvalContext, data: ImageSet, key: dict | N
 def _register(name: str, key: str, loader, suites: tuple[str, ...]) -> None:
     def benchmark(model: torch.nn.Module, ctx: EvalContext) -> dict:
         data = loader(shift_root(ctx, key, name), preprocess(ctx, model), what=name)
-        result = top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset), key={"benchmark": name})
+        sample = data.subset(ctx.cfg.evaluate.shifts.subset, ctx.cfg.data.subset_seed)
+        result = top1(model, ctx, sample, key={"benchmark": name})
         result["resize"] = data.info.get("resize")  # the rule the images were read with
         if "skipped_unmapped" in data.info:
             result["skipped_unmapped"] = data.info["skipped_unmapped"]
@@ -147,7 +148,8 @@ def si_score(model: torch.nn.Module, ctx: EvalContext) -> dict:
     """Top-1 per factor (object location, rotation, size) and pooled over the factors present."""
     sets = load_si_score(shift_root(ctx, "si_score", "si_score"), preprocess(ctx, model))
     factors = {
-        factor: top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset), key={"benchmark": "si_score", "factor": factor})
+        factor: top1(model, ctx, data.subset(ctx.cfg.evaluate.shifts.subset, ctx.cfg.data.subset_seed),
+                     key={"benchmark": "si_score", "factor": factor})
         for factor, data in sets.items()
     }
     n = sum(r["n"] for r in factors.values())

@@ -1,4 +1,4 @@
-"""`vitrobust explain RUN`: relevance maps of a run's first test images, as overlay PNGs and a .pt file."""
+"""`vitrobust explain RUN`: relevance maps of a balanced sample of a run's test images, as overlay PNGs and a .pt file."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ MAPS_FILE = "relevance_maps.pt"
 
 def explain_run(path: str | Path, n: int = 8, out: str | Path | None = None, overrides: list[str] | None = None,
                 method: str | None = None, target: str | None = None) -> dict:
-    """Relevance maps of the first `n` test images of a run (or weights file): overlay PNG(s) and the maps.
+    """Relevance maps of a balanced sample of `n` test images of a run (or weights file; data.subset_seed):
+    overlay PNG(s) and the maps.
 
     method / target default to the run's evaluate.relevance settings (--set evaluate.relevance.* works too).
     Writes to `out` (default RUN_DIR/explain): relevance.png (relevance_1.png, ... beyond 32 images) and
-    relevance_maps.pt, a dict of tensors (maps B x H x W, tokens, labels, predictions, targets, index) and
+    relevance_maps.pt, a dict of tensors (maps B x H x W, tokens, labels, predictions, targets, index: each
+    image's position in the test split) and
     the method and target names; read it back with torch.load(path, weights_only=True).
     """
     from vitrobust.figures.relevance import relevance_grid  # matplotlib, only when drawing
@@ -42,7 +44,7 @@ def explain_run(path: str | Path, n: int = 8, out: str | Path | None = None, ove
     attention_modules(model)  # UnsupportedModel before any data is read
     device = resolve_device(cfg.device)
     model.to(device)
-    data = load_split(cfg.data, "test").subset(n)
+    data = load_split(cfg.data, "test").subset(n, cfg.data.subset_seed)
     out = Path(out) if out else (path if path.is_dir() else path.parent) / "explain"
     keys = ("x", "maps", "tokens", "mask", "labels", "predictions", "targets", "index")
     parts: dict[str, list] = {k: [] for k in keys}
@@ -50,7 +52,7 @@ def explain_run(path: str | Path, n: int = 8, out: str | Path | None = None, ove
         expl = explain(model, batch.x, batch.y if target == "label" else None, method=method)
         mask = batch.extras.get("mask")
         for key, value in zip(keys, (batch.x, expl.maps, expl.tokens, mask, batch.y, expl.logits.argmax(-1),
-                                     expl.target, batch.index)):
+                                     expl.target, data.source_positions[batch.index.cpu()])):
             if value is not None:
                 parts[key].append(value.cpu())
     got = {k: torch.cat(v) for k, v in parts.items() if v}

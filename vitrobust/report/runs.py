@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrobust.errors import InputError
-from vitrobust.results import read_metrics, read_per_image, read_results
+from vitrobust.results import mark_prefix_samples, read_metrics, read_per_image, read_results
 from vitrobust.shift_sets import LABELS
 
 SHIFTS = LABELS  # distribution-shift benchmarks in report order, with their display names
@@ -32,6 +32,9 @@ class Run:
     results: dict
     metrics: list[dict] = field(default_factory=list)
     _per_image: dict | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        mark_prefix_samples(self.results)  # old entries: measured on the first n images (Leaderboard.notes)
 
     @property
     def figures_dir(self) -> Path:

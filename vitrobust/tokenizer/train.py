@@ -77,7 +77,7 @@ class TokenizerTrainer:
         self.device = resolve_device(cfg.device)
         seed_step(cfg.seed, 0, 0)
         self.train_set = load_split(cfg.data, "train")
-        self.eval_set = load_split(cfg.data, "test").subset(cfg.train.eval_subset)
+        self.eval_set = load_split(cfg.data, "test").subset(cfg.train.eval_subset, cfg.data.subset_seed)
         tokenizer, pretrained = build_from_config(cfg, self.train_set.in_chans)
         size = cfg.data.img_size or self.train_set.img_size
         if size % tokenizer.downsample:
@@ -216,15 +216,16 @@ class TokenizerTrainer:
         results = self._evaluate()
         self.metrics.log("eval", epoch=self.cfg.train.epochs, step=self.step, **results)
         k = min(self.cfg.tokenizer.grid, len(self.eval_set))
-        x = next(iter(BatchLoader(self.eval_set.subset(k), k, self.device, train=False))).x
+        shown = self.eval_set.subset(k, self.cfg.data.subset_seed)
+        x = next(iter(BatchLoader(shown, k, self.device, train=False))).x
         self.tokenizer.eval()
         with torch.no_grad():
             recon = self.tokenizer.reconstruct(x)
         reconstruction_figure(x, recon, self.run_dir / "figures" / FIGURE,
                               title=f"{self.cfg.name}: PSNR {results['psnr']:.1f} dB, {results['used_codes']}/"
                                     f"{results['n_embed']} codes used")
-        write_results(self.run_dir / "results.json", {"tokenizer": {**results, "figures": [FIGURE]}},
-                      meta={"weights": WEIGHTS_NAME})
+        entry = {**results, "sample": self.eval_set.sample_info(), "figures": [FIGURE]}  # the images measured
+        write_results(self.run_dir / "results.json", {"tokenizer": entry}, meta={"weights": WEIGHTS_NAME})
         print(f"tokenizer: PSNR {results['psnr']:.2f} dB on {results['n']} test images, perplexity "
               f"{results['perplexity']:.1f}, {results['used_codes']}/{results['n_embed']} codes used "
               f"({results['dead_codes']} dead)", flush=True)

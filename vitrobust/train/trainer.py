@@ -48,7 +48,7 @@ class Trainer:
 
         self.train_set = load_split(cfg.data, "train")
         test = load_split(cfg.data, "test")
-        self.eval_set = test.subset(cfg.train.eval_subset)
+        self.eval_set = test.subset(cfg.train.eval_subset, cfg.data.subset_seed)
         self.model, self.init_info = create_model(cfg, self.train_set)
         self.model.to(self.device)
         self.loader = BatchLoader(self.train_set, cfg.data.batch_size, self.device, train=True,
