@@ -16,6 +16,7 @@ from pydantic import BaseModel
 import vitrobust
 from vitrobust.config import Config, load_config
 from vitrobust.data import load_split
+from vitrobust.report.tables import UNITS, format_interval
 
 TINY_1 = [*TINY, "train.epochs=1", "train.log_every=4"]
 # quickstart runs the `quick` suite, which may hold adversarial benchmarks: make them tiny too
@@ -90,7 +91,7 @@ def test_report_writes_html_and_markdown(run):
     assert "<table" in page and "clean top1 %" in page
     clean = json.loads((run / "results.json").read_text())["clean"]
     top1, (lo, hi) = clean["top1"], clean["ci95"]["top1"]
-    shown = f"{100 * top1:.2f} ± {100 * (hi - lo) / 2:.1f}"  # the number and its 95% interval
+    shown = format_interval(top1, lo, hi, UNITS["%"][2])  # the number and its 95% interval
     assert f"<td>{shown}</td>" in page
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert images, "no embedded PNG"

@@ -21,7 +21,7 @@ from PIL import Image
 from vitrobust.cli import main
 from vitrobust.errors import InputError, UserError
 from vitrobust.report import build_report, failed_checks, leaderboard, load_runs, summary_rows, text_table
-from vitrobust.report.tables import latex_escape
+from vitrobust.report.tables import UNITS, format_interval, latex_escape
 from vitrobust.stats import wilson
 
 EPS8, EPS4 = 8 / 255, 4 / 255
@@ -100,6 +100,9 @@ def write_runs(root: Path) -> list[Path]:
         },
     }
     for run, res in results.items():
+        for entry in res.values():  # as this version writes them: each names its balanced sample
+            if entry.get("n"):
+                entry["sample"] = {"rule": "balanced", "seed": 0, "n": entry["n"]}
         run.mkdir(parents=True, exist_ok=True)
         (run / "results.json").write_text(json.dumps(res, indent=2))
     (base / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
@@ -130,9 +133,9 @@ ROWS = [
 BOLD = {(0, 5), (1, 6), (1, 9), (1, 10), (1, 11), (0, 12), (1, 15), (1, 16), (1, 17)}
 
 
-PM = re.compile(r" ± \d+\.\d")  # the half-width of a 95% interval after a number (tests/test_uncertainty.py)
-INTERVALS = ("a ± b: the number and the half-width of its 95% interval (Wilson for accuracies, bootstrap over "
-             "images for mCE and mean scores)")
+PM = re.compile(r" (\[\d+\.\d+, \d+\.\d+\]|± \d+\.\d+)")  # a number's 95% interval (tests/test_uncertainty.py)
+INTERVALS = ("a [lo, hi]: the number and its 95% interval (Wilson for accuracies, bootstrap over images for mCE "
+             "and mean scores); written a ± h only where the interval is symmetric to the digits shown")
 
 
 def plain(rows: list[list[str]]) -> list[list[str]]:
@@ -146,11 +149,37 @@ def test_leaderboard_cells(runs):
     assert plain(table.rows) == ROWS
     assert table.bold == BOLD
     assert summary_rows(runs)[0] == HEADER and plain(summary_rows(runs)[1]) == ROWS
-    # accuracies without a stored ci95 get the Wilson interval of their n: clean 26/32 correct
+    # accuracies without a stored ci95 get the Wilson interval of their n: clean 26/32 correct, [64.69, 91.11]%
     lo, hi = wilson(26, 32)
-    assert table.rows[0][5] == f"81.25 ± {100 * (hi - lo) / 2:.1f}"
+    assert table.rows[0][5] == f"81.25 [{100 * lo:.2f}, {100 * hi:.2f}]" == "81.25 [64.69, 91.11]"
+    assert not any("±" in cell for row in table.rows for cell in row)  # no interval here is symmetric
     # AutoAttack at two budgets got two columns, so no column mixes sample counts (n=32 and n=64)
     assert board.notes() == [INTERVALS]
+
+
+def test_intervals_are_drawn_as_they_are():
+    percent = UNITS["%"][2]
+    # 0 of 200 robust: Wilson [0, 1.88]%; "0.00 ± 0.94" would claim accuracies below 0
+    assert format_interval(0.0, *wilson(0, 200), percent) == "0.00 [0.00, 1.88]"
+    assert format_interval(3 / 300, *wilson(3, 300), percent) == "1.00 [0.34, 2.90]"
+    # symmetric to the digits shown: both half-widths read 9.62
+    assert format_interval(0.5, *wilson(50, 100), percent) == "50.00 ± 9.62"
+    assert format_interval(0.4, 0.3, 0.5, percent) == "40.00 ± 10.00"
+    assert format_interval(0.4, 0.3, 0.50004, percent) == "40.00 ± 10.00"  # differs below the shown digits
+    assert format_interval(0.4, 0.3, 0.5001, percent) == "40.00 [30.00, 50.01]"
+    assert format_interval(60.0, 55.5, 64.25, UNITS["x100"][2]) == "60.00 [55.50, 64.25]"  # mCE, x100 already
+
+
+def test_leaderboard_shows_lopsided_intervals_as_bounds(tmp_path):
+    dirs = []
+    for name, robust, n in (("none", 0.0, 200), ("half", 0.5, 100)):
+        (tmp_path / name).mkdir()
+        entry = {"norm": "Linf", "eps": EPS8, "clean_top1": 0.5, "robust_top1": robust, "n": n}
+        (tmp_path / name / "results.json").write_text(json.dumps({"autoattack": entry}))
+        dirs.append(tmp_path / name)
+    header, rows = summary_rows(dirs)
+    assert [row[header.index("AutoAttack top1 % (Linf 8/255)")] for row in rows] == ["0.00 [0.00, 1.88]",
+                                                                                   "50.00 ± 9.62"]
 
 
 def test_leaderboard_notes_differing_sample_counts(runs):
@@ -268,7 +297,7 @@ def test_report_html_is_self_contained(runs, tmp_path):
     # leaderboard, adversarial, 2 corruption tables (one per run), shifts, relevance, background, tokenizer
     assert [t["rows"] for t in s.tables] == [3, 4, 2, 2, 6, 2, 2, 1]
     assert s.tables[0]["id"] == "leaderboard-table"
-    assert "<td><strong>81.25 ± 13.2</strong></td>" in page and "<td>68.75 ± 15.3</td>" in page
+    assert "<td><strong>81.25 [64.69, 91.11]</strong></td>" in page and "<td>68.75 [51.43, 82.05]</td>" in page
     # every image embedded as a decodable PNG; no external resource, no script
     for img in s.images:
         data = base64.b64decode(img["src"].removeprefix("data:image/png;base64,"), validate=True)

@@ -4,9 +4,13 @@ the report's Seeds section, seeds.json and the error-bar figures (hand-made run 
 from __future__ import annotations
 
 import json
+import math
+import re
 import statistics
+from html.parser import HTMLParser
 
 import pytest
+import torch
 import yaml
 from helpers_train import TINY
 
@@ -14,11 +18,12 @@ from vitrobust.config import load_config
 from vitrobust.errors import ConfigError
 from vitrobust.figures.cost import robustness_vs_cost
 from vitrobust.figures.seeds import seed_bars
-from vitrobust.report import build_report
+from vitrobust.report import build_report, leaderboard
 from vitrobust.report.runs import load_runs
 from vitrobust.report.seeds import aggregate, seed_groups, seeds_table
 from vitrobust.report.tables import leaderboard_columns
-from vitrobust.results import write_results
+from vitrobust.results import write_per_image, write_results
+from vitrobust.stats import wilson
 from vitrobust.sweep import SweepSpec, cost_points, load_sweep, plan, run_seed, sweep
 
 # (directory, seed, overrides, clean top1, AutoAttack robust top1); written out of seed order on purpose
@@ -83,12 +88,152 @@ def test_seeds_table_shows_mean_std_and_each_seed_in_percent(run_dirs):
     columns = leaderboard_columns(runs)
     table = seeds_table(aggregate(runs, columns), columns)
     assert table.header[:2] == ["group", "seeds"]
-    assert table.header[2:] == ["clean top1 %", "AutoAttack top1 % (Linf 0.1)"]  # params, FLOPs: same per seed
-    rows = {row[0]: dict(zip(table.header, row)) for row in table.rows}
-    assert rows["lr=0.1"]["seeds"] == "0, 1, 2"
-    assert rows["lr=0.1"]["clean top1 %"] == "72.00 ± 2.00 (70.0, 72.0, 74.0)"
-    assert rows["lr=0.1"]["AutoAttack top1 % (Linf 0.1)"] == "33.00 ± 3.00 (30.0, 33.0, 36.0)"
-    assert rows["lr=0.01"]["clean top1 %"] == "81.00 ± 1.73 (80.0, 80.0, 83.0)"
+    # params, FLOPs: same per seed; the header says what ± means here, and over how many seeds
+    assert table.header[2:] == ["clean top1 %: mean ± std (3 seeds)",
+                                "AutoAttack top1 % (Linf 0.1): mean ± std (3 seeds)"]
+    assert "not a 95% interval" in table.caption
+    rows = {row[0]: row for row in table.rows}
+    assert rows["lr=0.1"][1] == "0, 1, 2"
+    assert rows["lr=0.1"][2:] == ["72.00 ± 2.00 (70.0, 72.0, 74.0)", "33.00 ± 3.00 (30.0, 33.0, 36.0)"]
+    assert rows["lr=0.01"][2] == "81.00 ± 1.73 (80.0, 80.0, 83.0)"
+    # a group whose runs lack a number in some seed says how many seeds each column averages
+    agg = aggregate(runs, columns)
+    agg[1]["columns"]["clean"]["values"][2] = None
+    assert seeds_table(agg, columns).header[2] == "clean top1 %: mean ± std (2-3 seeds)"
+
+
+class Tables(HTMLParser):
+    """Every table of a page as (header, rows of cell text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append(([], []))
+        elif tag == "tr" and self.tables and self.tables[-1][0]:  # the header row holds th cells only
+            self.tables[-1][1].append([])
+        elif tag in ("th", "td"):
+            self.cell = ""
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self.cell is not None:
+            header, rows = self.tables[-1]
+            (header if tag == "th" else rows[-1]).append(self.cell)
+            self.cell = None
+
+
+NUMBER_PM = re.compile(r"\d ± \d")  # a number written with ±
+
+
+def std_cells(tables: list[tuple[list[str], list[list[str]]]]) -> int:
+    """How many cells hold a number with ±; each must lie in a column whose header says mean ± std."""
+    found = 0
+    for header, rows in tables:
+        for row in rows:
+            for j, cell in enumerate(row):
+                if NUMBER_PM.search(cell):
+                    assert "mean ± std" in header[j], (header[j], cell)
+                    found += 1
+    return found
+
+
+def test_no_interval_is_written_with_pm_where_it_is_lopsided(run_dirs, tmp_path):
+    # every accuracy here (n=100, none at 50%) has an asymmetric Wilson interval
+    out = build_report(run_dirs[:-1], tmp_path / "report.html")
+    page = out.read_text()
+    parser = Tables()
+    parser.feed(page)
+    board = parser.tables[0]
+    clean = board[0].index("clean top1 %")
+    lo, hi = wilson(74, 100)  # lr=0.1,seed=2: 74 of 100
+    assert board[1][0][clean] == f"74.00 [{100 * lo:.2f}, {100 * hi:.2f}]" == "74.00 [64.63, 81.60]"
+    # a number with ± only in the Seeds table, whose headers say std: 2 columns x 2 groups
+    assert std_cells(parser.tables) == 4 == len(NUMBER_PM.findall(page))
+    md = out.with_suffix(".md").read_text()
+    blocks = re.findall(r"((?:^\|.*\|\n)+)", md, re.M)
+    md_tables = [([c.strip() for c in b.splitlines()[0].strip("|").split(" | ")],
+                  [[c.strip() for c in line.strip("|").split(" | ")] for line in b.splitlines()[2:]]) for b in blocks]
+    assert std_cells(md_tables) == 4 == len(NUMBER_PM.findall(md))
+    assert "a [lo, hi]: the number and its 95% interval" in page
+
+
+N_IMAGES = 150
+
+
+def flip(flags: torch.Tensor, wrong=(), right=()) -> torch.Tensor:
+    out = flags.clone()
+    out[list(wrong)], out[list(right)] = False, True
+    return out
+
+
+def exact_p(a_only: int, b_only: int) -> float:
+    """McNemar's exact two-sided p, by hand: 2 P(Binomial(a + b, 1/2) <= min(a, b))."""
+    m = a_only + b_only
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1)) / 2**m)
+
+
+@pytest.fixture
+def paired_groups(tmp_path):
+    """Two seed groups (lr=0.01: A, lr=0.1: B; seeds 0 and 1) and a lone run (wd=0.1, seed 0), with clean
+    correctness per image on the same 150 images; AutoAttack numbers without per-image results."""
+    a0 = torch.arange(N_IMAGES) < 120  # 80.00%
+    a1 = flip(a0, wrong=range(12))  # 72.00%: A's seeds differ, significantly (12 / 0 discordant)
+    b0 = flip(a0, wrong=range(20, 40), right=range(120, 123))  # 68.67%: vs A0 20 / 3
+    b1 = flip(a1, wrong=range(40, 47), right=range(3))  # 69.33%: vs A1 7 / 3
+    lone = flip(a0, wrong=range(50, 60), right=range(125, 128))  # 75.33%: vs A0 10 / 3
+    # (name, seed, overrides, correct, robust): B's seed 1 has the best robust number, B's mean is lower
+    specs = [("lr=0.1,seed=1", 1, [], b1, 0.45), ("lr=0.01,seed=0", 0, ["optim.lr=0.01"], a0, 0.40),
+             ("lr=0.1,seed=0", 0, [], b0, 0.30), ("lr=0.01,seed=1", 1, ["optim.lr=0.01"], a1, 0.42),
+             ("wd=0.1", 0, ["optim.weight_decay=0.1"], lone, 0.20)]
+    dirs = []
+    for name, seed, overrides, correct, robust in specs:
+        top1 = correct.float().mean().item()
+        run = make_run(tmp_path / "runs", name, seed, overrides, top1, robust)
+        write_results(run / "results.json", {"clean": {"top1": top1, "n": N_IMAGES}})
+        write_per_image(run / "results.json", "clean", {"top1": (correct, "the-same-150")})
+        dirs.append(run)
+    return dirs
+
+
+def test_seed_groups_are_compared_as_groups_paired_by_seed(paired_groups, tmp_path):
+    board = leaderboard(paired_groups)
+    names = [r.name for r in board.runs]
+    group_a, group_b = {"lr=0.01,seed=0", "lr=0.01,seed=1"}, {"lr=0.1,seed=0", "lr=0.1,seed=1"}
+    paired = board.paired_table()
+    # no comparison puts two runs of one group against each other (was: lr=0.01,seed=0 vs lr=0.01,seed=1)
+    assert not any({row[1], row[2]} <= g for row in paired.rows for g in (group_a, group_b))
+    for c in board.comparisons():
+        best = {names[i] for _, i in board.units()[c["best"]].rows}
+        other = {names[i] for _, i in board.units()[c["other"]].rows}
+        assert not any(best | other <= g for g in (group_a, group_b)) and not best & other
+    assert paired.header[1:3] == ["best run or seed group", "other run or seed group"]
+    assert "images x seeds" in paired.caption
+    # A (mean 76.00) is best; against B seed by seed: +11.33 (20 / 3) and +2.67 (7 / 3), mean +7.00; the
+    # combined test counts 27 / 6 discordant images over both seeds
+    assert paired.rows == [
+        ["clean top1 %", "lr=0.01 (seeds 0, 1)", "lr=0.1 (seeds 0, 1)", f"{100 * (17 + 4) / 2 / N_IMAGES:+.2f}",
+         "27 / 6", f"{exact_p(27, 6):.3g}", "significant (p < 0.05)",
+         f"seed 0: +11.33 (p {exact_p(20, 3):.3g}); seed 1: +2.67 (p {exact_p(7, 3):.3g})"],
+        # the lone run has seed 0: paired with A's seed 0 only
+        ["clean top1 %", "lr=0.01 (seeds 0, 1)", "wd=0.1", "+4.67", "10 / 3", f"{exact_p(10, 3):.3g}",
+         "not significant", f"seed 0: +4.67 (p {exact_p(10, 3):.3g})"]]
+    assert paired.rows[0][3] == "+7.00" and exact_p(7, 3) > 0.05 > exact_p(27, 6)
+    # bold: both runs of A and the lone run not significantly worse; B, significantly worse, not at all;
+    # AutoAttack (no per-image results): A by its mean 41.00, not B's lucky seed 1 (45.00, mean 37.50)
+    table = board.table()
+    clean, robust = table.header.index("clean top1 %"), table.header.index("AutoAttack top1 % (Linf 0.1)")
+    assert {names[i] for i, j in table.bold if j == clean} == group_a | {"wd=0.1"}
+    assert {names[i] for i, j in table.bold if j == robust} == group_a
+    assert any("one seed group" in note for note in board.notes())
+    page = build_report(paired_groups, tmp_path / "report.html").read_text()
+    section = page.split("<section id='paired'>")[1].split("</section>")[0]
+    assert "lr=0.01 (seeds 0, 1)" in section and "seed=" not in section  # groups, never their runs
 
 
 def test_report_has_a_seeds_section_seeds_json_and_the_figure(run_dirs, tmp_path):

@@ -165,8 +165,8 @@ def test_the_report_shows_intervals_and_which_differences_are_significant(tmp_pa
     board = leaderboard(runs)
     table = board.table()
     shown = {row[0]: row[2] for row in table.rows}
-    half = (wilson(80, 100)[1] - wilson(80, 100)[0]) / 2 * 100
-    assert shown["best"] == f"80.00 ± {half:.1f}"
+    lo, hi = wilson(80, 100)  # [71.1, 86.7]%: lopsided, so written as its bounds
+    assert shown["best"] == f"80.00 [{100 * lo:.2f}, {100 * hi:.2f}]"
     bold = {table.rows[i][0] for i, j in table.bold}
     assert bold == {"best", "close"}  # the best, and the one not significantly worse; far and elsewhere not
     paired = board.paired_table()
@@ -177,7 +177,7 @@ def test_the_report_shows_intervals_and_which_differences_are_significant(tmp_pa
     csv_header = board.csv().splitlines()[0]
     assert "ci95 low" in csv_header and "ci95 high" in csv_header
     page = build_report(runs, tmp_path / "report.html").read_text()
-    assert "Paired comparisons" in page and "McNemar" in page and "half-width of its 95% interval" in page
+    assert "Paired comparisons" in page and "McNemar" in page and "a [lo, hi]: the number and its 95% interval" in page
 
 
 def test_the_eps_curve_draws_its_interval_band(tmp_path, monkeypatch):

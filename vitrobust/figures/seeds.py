@@ -44,7 +44,7 @@ def seed_bars(aggregated: list[dict], path: str | Path) -> Path | None:
                        label="per seed" if i == 0 and j == 0 else None)
         ax.bar(xs, means, width, yerr=stds, capsize=4, alpha=0.75, label=label)
     ax.set_xticks(range(len(groups)), [g["group"] for g in groups], rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="top-1 (%)", title="Top-1 over seeds (bar: mean, error bar: std, dots: seeds)")
+    ax.set(ylabel="top-1 (%)", title="Top-1 over seeds (bar: mean, error bar: sample std, dots: seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)

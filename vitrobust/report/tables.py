@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from vitrobust.errors import InputError, suggest
+from vitrobust.report.groups import identity, seed_groups
 from vitrobust.report.runs import Run, as_runs, number, shift_labels
 from vitrobust.stats import ALPHA, mcnemar, wilson
 
@@ -33,6 +35,16 @@ UNITS: dict[str, tuple[str, str, Callable[[float], str]]] = {
     "s": ("s", "seconds", lambda v: f"{v:.0f}"),
     "dB": ("dB", "dB", lambda v: f"{v:.2f}"),
 }
+
+
+def format_interval(value: float, lo: float, hi: float, show: Callable[[float], str]) -> str:
+    """A number and its interval, `show` giving the digits of each: `1.00 [0.27, 3.57]`, or `40.00 ± 9.60`
+    only where both half-widths show the same digits. Intervals of accuracies near 0 or 100% (robust
+    accuracies live there) are lopsided: a ± would claim bounds they do not have, such as below 0."""
+    below, above = show(value - lo), show(hi - value)
+    if below == above:
+        return f"{show(value)} ± {below}"
+    return f"{show(value)} [{show(lo)}, {show(hi)}]"
 
 
 @dataclass
@@ -89,11 +101,10 @@ class Column:
         return None
 
     def show_with(self, value: float | None, ci: list[float] | None) -> str:
-        """The value and the half-width of its interval, e.g. `40.00 ± 9.6`."""
+        """The value and its 95% interval (format_interval), e.g. `1.00 [0.27, 3.57]`."""
         if value is None or ci is None or self.unit not in ("%", "x100"):
             return self.show(value)
-        half = (ci[1] - ci[0]) / 2 * (100 if self.unit == "%" else 1)
-        return f"{self.show(value)} ± {half:.1f}"
+        return format_interval(value, ci[0], ci[1], self.show)
 
     def paired(self, run: Run) -> tuple | None:
         """This number's per-image correctness (bool values, images digest) saved beside the run's results."""
@@ -177,11 +188,37 @@ def leaderboard_columns(runs: list[Run]) -> list[Column]:
     return [c for c in cols if any(c.value(run) is not None for run in runs)]
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What the leaderboard compares: a seed group (report/groups.py), or a run in no group."""
+
+    name: str
+    rows: tuple[tuple[int | None, int], ...]  # (seed, None where unknown; leaderboard row), in seed order
+    group: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (seeds {', '.join(str(s) for s, _ in self.rows)})" if self.group else self.name
+
+
+def pairs(a: Unit, b: Unit) -> list[tuple[int | None, int, int]]:
+    """(seed, row of a, row of b) to compare image by image: two lone runs with each other whatever their
+    seeds (as before groups), else the runs of the same seed, so that seeds are a paired design."""
+    if not a.group and not b.group:
+        return [(None, a.rows[0][1], b.rows[0][1])]
+    mine, theirs = {}, {}
+    for rows, found in ((a.rows, mine), (b.rows, theirs)):
+        for s, i in rows:
+            found.setdefault(s, i)  # a seed run twice: its first run
+    return [(s, i, theirs[s]) for s, i in mine.items() if s in theirs]
+
+
 @dataclass
 class Leaderboard:
     runs: list[Run]
     columns: list[Column]
     _comparisons: list[dict] | None = field(default=None, repr=False)
+    _units: list[Unit] | None = field(default=None, repr=False)
 
     @property
     def header(self) -> list[str]:
@@ -190,48 +227,72 @@ class Leaderboard:
     def values(self) -> list[list[float | None]]:
         return [[c.value(run) for c in self.columns] for run in self.runs]
 
-    def _top(self) -> dict[int, list[int]]:
-        """column index -> rows holding its best shown value (score columns that two or more runs share)."""
-        tops = {}
-        values = self.values()
+    def units(self) -> list[Unit]:
+        """Seed groups and the runs in none, in order of their first row: runs of one group are compared as
+        that group (a lucky seed is not a better method), never with each other."""
+        if self._units is None:
+            row = {id(run): i for i, run in enumerate(self.runs)}
+            units = [Unit(name, tuple((identity(r)[1], row[id(r)]) for r in members), True)
+                     for name, members in seed_groups(self.runs).items()]
+            grouped = {i for u in units for _, i in u.rows}
+            units += [Unit(run.name, (((identity(run) or (None, None))[1], i),))
+                      for i, run in enumerate(self.runs) if i not in grouped]
+            self._units = sorted(units, key=lambda u: min(i for _, i in u.rows))
+        return self._units
+
+    def _top(self) -> dict[int, tuple[list[int], dict[int, float]]]:
+        """column index -> (units holding its best shown value, {unit: its mean}) for every score column that
+        two or more units have; a group's number is its mean over the seeds that have one."""
+        tops, values = {}, self.values()
         for j, col in enumerate(self.columns):
-            shown = [(i, float(col.show(row[j]))) for i, row in enumerate(values) if row[j] is not None]
-            if col.better and len(shown) > 1:
-                top = max(v * col.better for _, v in shown)
-                tops[j] = [i for i, v in shown if v * col.better == top]
+            means = {}
+            for u, unit in enumerate(self.units()):
+                if present := [values[i][j] for _, i in unit.rows if values[i][j] is not None]:
+                    means[u] = statistics.fmean(present)
+            if col.better and len(means) > 1:
+                shown = {u: float(col.show(m)) * col.better for u, m in means.items()}
+                tops[j] = ([u for u, v in shown.items() if v == max(shown.values())], means)
         return tops
 
     def comparisons(self) -> list[dict]:
-        """Each score column's best run against every other run with the same column: McNemar's exact test
-        when both saved per-image correctness on the same images (a paired comparison), else unpaired."""
+        """Each score column's best unit (run or seed group) against every other unit with the same column,
+        paired where both saved per-image correctness on the same images: McNemar's exact test per pair
+        (`per_seed`), and over all pairs on their images concatenated, a paired test over images x seeds;
+        `difference` is then the mean of the pairs' differences, else the difference of the means."""
         if self._comparisons is None:
             self._comparisons = self._compare()
         return self._comparisons
 
     def _compare(self) -> list[dict]:
-        out, values = [], self.values()
-        for j, rows in self._top().items():
-            col, best = self.columns[j], rows[0]
-            mine = col.paired(self.runs[best])
-            for i, run in enumerate(self.runs):
-                if i == best or values[i][j] is None:
+        out, values, units = [], self.values(), self.units()
+        for j, (tops, means) in self._top().items():
+            col, best = self.columns[j], tops[0]
+            for u in means:
+                if u == best:
                     continue
-                theirs = col.paired(run)
-                row = {"column": j, "best": best, "other": i,
-                       "difference": values[best][j] - values[i][j]}
-                if mine is not None and theirs is not None and mine[1] == theirs[1]:
-                    row.update(mcnemar(mine[0], theirs[0]), paired=True)
-                else:
-                    row.update(paired=False)
+                row = {"column": j, "best": best, "other": u, "difference": means[best] - means[u], "paired": False}
+                per_seed, mine, theirs = [], [], []
+                for seed, i, k in pairs(units[best], units[u]):
+                    a, b = col.paired(self.runs[i]), col.paired(self.runs[k])
+                    if a is None or b is None or a[1] != b[1] or values[i][j] is None or values[k][j] is None:
+                        continue
+                    per_seed.append({"seed": seed, "difference": values[i][j] - values[k][j], **mcnemar(a[0], b[0])})
+                    mine.append(a[0])
+                    theirs.append(b[0])
+                if per_seed:
+                    row.update(mcnemar(torch.cat(mine), torch.cat(theirs)), paired=True, per_seed=per_seed,
+                               difference=statistics.fmean(d["difference"] for d in per_seed))
                 out.append(row)
         return out
 
     def best(self) -> set[tuple[int, int]]:
-        """(row, column) cells to emphasise: the best shown value of every score column two or more runs
-        share, and every value not significantly different from it (paired, at ALPHA)."""
-        cells = {(i, j + 2) for j, rows in self._top().items() for i in rows}
-        cells |= {(c["other"], c["column"] + 2) for c in self.comparisons() if c["paired"] and not c["significant"]}
-        return cells
+        """(row, column) cells to emphasise: the best shown value of every score column two or more units
+        share, and every value not significantly different from it (paired, at ALPHA); a seed group is
+        emphasised as a whole."""
+        units, values = self.units(), self.values()
+        marked = {(j, u) for j, (tops, _) in self._top().items() for u in tops}
+        marked |= {(c["column"], c["other"]) for c in self.comparisons() if c["paired"] and not c["significant"]}
+        return {(i, j + 2) for j, u in marked for _, i in units[u].rows if values[i][j] is not None}
 
     def table(self) -> Table:
         rows = [[run.name, str(run.meta.get("model", MISSING)),
@@ -240,20 +301,34 @@ class Leaderboard:
         return Table(self.header, rows, bold=self.best(), text_columns=2)
 
     def paired_table(self) -> Table | None:
-        """The paired comparisons as a table (None without any), differences in the column's display unit."""
+        """The paired comparisons as a table (None without any), differences in the column's display unit;
+        with seed groups, a last column gives each paired seed's difference and p."""
+        found, units = [c for c in self.comparisons() if c["paired"]], self.units()
+        grouped = any(units[c[k]].group for c in found for k in ("best", "other"))
         rows = []
-        for c in (c for c in self.comparisons() if c["paired"]):
+        for c in found:
             col = self.columns[c["column"]]
             scale = 100 if col.unit == "%" else 1
-            rows.append([col.label, self.runs[c["best"]].name, self.runs[c["other"]].name,
+            rows.append([col.label, units[c["best"]].label, units[c["other"]].label,
                          f"{scale * c['difference']:+.2f}", f"{c['a_only']} / {c['b_only']}", f"{c['p']:.3g}",
                          f"significant (p < {ALPHA:g})" if c["significant"] else "not significant"])
+            if grouped:
+                rows[-1].append("; ".join(f"seed {d['seed']}: {scale * d['difference']:+.2f} (p {d['p']:.3g})"
+                                          for d in c["per_seed"] if d["seed"] is not None) or MISSING)
         if not rows:
             return None
         header = ["number", "best run", "other run", "difference", "discordant images (best only / other only)",
                   "p (McNemar exact)", f"at {ALPHA:g}"]
-        return Table(header, rows, "Each column's best run against the others, image by image on the same images",
-                     text_columns=3)
+        caption = "Each column's best run against the others, image by image on the same images"
+        if grouped:
+            header[1:3] = ["best run or seed group", "other run or seed group"]
+            header.append("per seed: difference (p)")
+            caption += (". A seed group (runs that differ only by seed) counts as one, by its mean over seeds, and "
+                        "its runs are never compared with each other; against another unit its runs are paired seed "
+                        "by seed: difference = mean over the paired seeds of each seed's difference; discordant "
+                        "images and p = McNemar's exact test on the per-image correctness of all paired seeds "
+                        "concatenated (a paired test over images x seeds)")
+        return Table(header, rows, caption, text_columns=3)
 
     def notes(self) -> list[str]:
         """How to read the intervals and the emphasis; where a column compares numbers measured on different
@@ -261,11 +336,15 @@ class Leaderboard:
         not shown, the main ones are)."""
         out = []
         if any(c.interval(run) for c in self.columns for run in self.runs):
-            out.append("a ± b: the number and the half-width of its 95% interval (Wilson for accuracies, "
-                       "bootstrap over images for mCE and mean scores)")
+            out.append("a [lo, hi]: the number and its 95% interval (Wilson for accuracies, bootstrap over images "
+                       "for mCE and mean scores); written a ± h only where the interval is symmetric to the "
+                       "digits shown")
         if any(c["paired"] for c in self.comparisons()):
             out.append(f"bold: each column's best and every run not significantly different from it "
                        f"(McNemar's exact test on the same images, {ALPHA:g} level; see Paired comparisons)")
+        if any(u.group for u in self.units()):
+            out.append("runs that differ only by seed count as one seed group, by their mean over seeds: bold or "
+                       "not as a whole, and never compared with each other")
         for run in self.runs:
             variants = run.results.get("variants")
             if isinstance(variants, dict) and variants:
@@ -276,6 +355,11 @@ class Leaderboard:
             if len(set(counts.values())) > 1:
                 out.append(f"{col.label} compares different sample counts: "
                            + ", ".join(f"{name} n={n}" for name, n in counts.items()))
+        for run in self.runs:  # entries of old files (Run marks them): other images than a balanced sample
+            for name, entry in run.results.items():
+                if isinstance(entry, dict) and (entry.get("sample") or {}).get("rule") == "prefix":
+                    out.append(f"{run.name} / {name}: measured on the first {entry['sample'].get('n')} images "
+                               "(old rule); not comparable with balanced samples")
         return out
 
     def csv(self) -> str:
@@ -389,5 +473,6 @@ def latex_table(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Column", "Leaderboard", "Table", "eps_text", "html_table", "latex_escape", "latex_table",
-           "leaderboard", "leaderboard_columns", "markdown_table", "sort_keys", "summary_rows", "text_table"]
+__all__ = ["Column", "Leaderboard", "Table", "Unit", "eps_text", "format_interval", "html_table", "latex_escape",
+           "latex_table", "leaderboard", "leaderboard_columns", "markdown_table", "pairs", "sort_keys", "summary_rows",
+           "text_table"]
