@@ -10,11 +10,12 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from helpers_train import TEST_SUBSET, TINY, explain, run_cmd, set_args, vitrobust_cmd
 from pydantic import BaseModel
 
 import vitrobust
-from vitrobust.config import Config, load_config
+from vitrobust.config import Config, control_mismatches, load_config
 from vitrobust.data import load_split
 from vitrobust.report.tables import UNITS, format_interval
 
@@ -114,7 +115,8 @@ def test_quickstart(tmp_path):
     models = ["baseline", "adversarial", "drvit", "dat", "relevance"]
     for name in models:
         res = json.loads((out / name / "results.json").read_text())
-        assert {"clean", "autoattack", "corruptions", "relevance", "background"} <= res.keys(), name
+        assert {"clean", "autoattack", "corruptions", "relevance"} <= res.keys(), name
+        assert ("eps_sweep" in res) == (name in ("baseline", "adversarial")), name
         assert res["corruptions"]["reference"] == "baseline" and res["relevance"]["n"] == 16, name
     assert json.loads((out / "baseline" / "results.json").read_text())["corruptions"]["mce"] == 100
     assert json.loads((out / "drvit" / "results.json").read_text())["autoattack"]["gradient"] == "straight-through"
@@ -124,6 +126,15 @@ def test_quickstart(tmp_path):
         assert res["background"]["bg_gap"] == pytest.approx(res["background"]["mixed_same"] - res["background"]["mixed_rand"])
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "reconstructions" in html
+    # each method beside its matched control: same start, data order and steps, only the objective changed
+    for method, control in (("adversarial", "control"), ("drvit", "control"), ("dat", "control_dat"),
+                            ("relevance", "control_relevance"), ("textured_relevance", "control_textured_relevance")):
+        cfg = yaml.safe_load((out / method / "config.yaml").read_text())
+        ctl = yaml.safe_load((out / control / "config.yaml").read_text())
+        assert cfg["compare"]["control"] == str(out / control) and ctl["objective"]["name"] == "standard", method
+        assert control_mismatches(cfg, ctl) == [], method
+    assert "Methods against their matched controls" in html and "min. detectable" in html
+    assert "Each method against its matched control" in proc.stdout
     # the summary table: a header and a row per run with its clean accuracy
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("run ") and "clean top1 %" in line)

@@ -69,8 +69,11 @@ class DataConfig(Section):
                                  "grayscale, 3: RGB; default 3); every image is converted, whatever its mode")
     skip_bad: bool = Field(False, description="datasets read from image files: skip images that cannot be decoded "
                            "(and report how many) instead of stopping with the file's name")
-    train_subset: int | None = Field(None, ge=1, description="first n training samples")
-    test_subset: int | None = Field(None, ge=1, description="first n test samples")
+    train_subset: int | None = Field(None, ge=1, description="a balanced sample of n training samples (the same "
+                                     "number per class as far as they go, drawn with data.subset_seed)")
+    test_subset: int | None = Field(None, ge=1, description="a balanced sample of n test samples")
+    subset_seed: int = Field(0, description="seed of every subset's balanced sample (not the run's seed: runs "
+                             "trained with other seeds are evaluated on the same images)")
     batch_size: int = Field(128, ge=1, description="global batch size (split across ranks)")
     eval_batch_size: int = Field(500, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -140,7 +143,8 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: float | None = Field(None, description="EMA of the weights, e.g. 0.9998; null disables")
     eval_every: int = Field(1, ge=0, description="evaluate every n epochs (0: only at the end)")
-    eval_subset: int | None = Field(None, ge=1, description="first n test samples for per-epoch eval")
+    eval_subset: int | None = Field(None, ge=1, description="a balanced sample of n test samples for "
+                                       "per-epoch eval")
     log_every: int = Field(50, ge=1, description="steps between metrics.jsonl lines")
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint mid-epoch")
     keep_best: bool = Field(False, description="also keep best.safetensors by validation metric")
@@ -155,7 +159,8 @@ class AttackConfig(Section, ThreatModel):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: list[str] | None = Field(None, description="AutoAttack version=custom: e.g. [apgd-ce, apgd-t]")
     eps_list: list[float] | None = Field(None, description="eps_sweep: eps values (default: 0..2*eps)")
-    subset: int | None = Field(1000, ge=1, description="first n test samples for adversarial benchmarks")
+    subset: int | None = Field(1000, ge=1, description="a balanced sample of n test samples for "
+                                 "the adversarial benchmarks")
     seed: int = 0
     engine: str = Field("fast", description="AutoAttack implementation (evaluate.attack.engine); authors: "
                         "the authors' code (pyautoattack); fast (default: the authors' verdict on every image the "
@@ -167,7 +172,8 @@ class AttackConfig(Section, ThreatModel):
     batch_size: int | None = Field(None, ge=1, description="images per attack batch and per resumable AutoAttack "
                                    "chunk (default: data.eval_batch_size)")
     sweep_attack: Literal["pgd", "autoattack"] = Field("pgd", description="eps_sweep: the attack run at each eps")
-    check_n: int = Field(64, ge=1, description="first n images used by the self-checks (gradients, huge eps, Square)")
+    check_n: int = Field(64, ge=1, description="images used by the self-checks (gradients, huge eps, "
+                         "Square): a balanced sample of the attacked ones")
     square_queries: int = Field(500, ge=0, description="queries of the short Square check on points the white-box "
                                 "attack left robust, when no Square ran (0: skip)")
     grid: int = Field(8, ge=0, description="adversarial examples drawn in the figure (0: none)")
@@ -187,7 +193,8 @@ class CorruptionConfig(Section):
     names: list[str] | Literal["common", "extra", "all"] = Field("common", description="common: the 15 of "
                                                                    "ImageNet-C; extra: the 4 held-out; all: 19")
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    subset: int | None = Field(1000, ge=1, description="first n test samples that are corrupted")
+    subset: int | None = Field(1000, ge=1, description="a balanced sample of n test samples "
+                                 "that are corrupted")
     seed: int = 0
     workers: int = Field(0, ge=0, description="worker processes that generate corrupted images (0: in-process)")
     cache: str | None = Field(None, description="folder where generated corrupted sets are kept and reused")
@@ -205,7 +212,8 @@ class ShiftConfig(Section):
                                          "e.g. imagenet_v2: /data/imagenetv2-matched-frequency-format-val; keys: "
                                          "imagenet (val; default data.root), imagenet_v2, imagenet_a, imagenet_r, "
                                          "imagenet_sketch, stylized_imagenet, objectnet, si_score")
-    subset: int | None = Field(None, ge=1, description="first n images of each set (classes interleaved)")
+    subset: int | None = Field(None, ge=1, description="a balanced sample of n images of "
+                                 "each set")
     crop_pct: float | None = Field(None, gt=0, le=1, description="resize the shorter side to img_size / crop_pct, "
                                    "then centre-crop; default data.crop_pct, else 0.875 (256 -> 224, as RobustBench); "
                                    "Stylized-ImageNet is never resized")
@@ -239,7 +247,7 @@ class BackgroundConfig(Section):
 
 class EvaluateConfig(Section):
     suite: str = "clean"
-    subset: int | None = Field(None, ge=1, description="first n test samples")
+    subset: int | None = Field(None, ge=1, description="a balanced sample of n test samples")
     use_ema: bool = False
     checkpoint_seconds: float = Field(120.0, gt=0, description="long evaluations (AutoAttack, corruptions, shift "
                                       "sets) save their progress at least this often, so an interrupted one resumes")
@@ -288,6 +296,13 @@ class TokenizerConfig(Section):
         return value
 
 
+class CompareConfig(Section):
+    """What a run is compared with: its matched control (docs/architecture.md, "Matched controls")."""
+
+    control: str | None = Field(None, description="the run this one is compared with: trained from the same "
+                                "start, data order and steps, with only the objective (or model) changed")
+
+
 class Config(Section):
     name: str = "run"
     seed: int = 0
@@ -301,6 +316,7 @@ class Config(Section):
     objective: dict[str, Any] = Field(default_factory=lambda: {"name": "standard"})
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @field_validator("objective")
     @classmethod
@@ -450,6 +466,49 @@ def config_for_run(saved_yaml: str, overrides: list[str] | None = None, suite: s
         if name.strip() and (CONFIG_DIR / "eval" / f"{name.strip()}.yaml").is_file():
             raw = deep_merge(raw, read_config_dict(f"eval/{name.strip()}"))
     return build_config(apply_overrides(raw, overrides))
+
+
+# what a control may change (the method itself), and settings that do not change what is trained
+CONTROL_MAY_DIFFER = ("name", "objective", "model.name", "model.kwargs", "compare", "evaluate", "tokenizer", "device",
+                      "data.num_workers", "data.eval_batch_size", "train.log_every", "train.checkpoint_every_steps")
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "objective":
+            out.update(_flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def control_mismatches(method: dict, control: dict) -> list[str]:
+    """How a control's resolved config differs from its method's beyond the method itself (objective,
+    model): the same start (model.init), data and order (data, seed), steps and schedule (train, optim,
+    schedule, augment) are what make a difference the method's. One line per differing key."""
+    if not method or not control:
+        return ["no config.yaml to check the match"]
+    a, b = _flatten(method), _flatten(control)
+    differs = [k for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k) and not any(k == p or k.startswith(f"{p}.") for p in CONTROL_MAY_DIFFER)]
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in differs]
+
+
+def control_config(method: Config, model: str | None = None) -> Config:
+    """The matched control of a method's config: the same config with standard training in place of the
+    objective (keeping its loss and label smoothing) and, for a method that is a model (Dr.ViT), `model`
+    in place of it with the network's own arguments dropped; everything else (start, data, seed, steps,
+    schedule, evaluation) stays, so control_mismatches is empty."""
+    raw = method.model_dump(mode="json")
+    raw["objective"] = {"name": "standard", **{k: v for k, v in method.objective.items()
+                                               if k in ("label_smoothing", "loss")}}
+    if model is not None:
+        raw["model"] = {**raw["model"], "name": model, "kwargs": {}}
+    raw["compare"] = {"control": None}
+    raw["name"] = f"{method.name}_control"
+    return build_config(raw)
 
 
 def objective_params(section: dict[str, Any]):

@@ -10,6 +10,8 @@ from pathlib import Path
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.errors import InputError
 from vitrobust.figures.seeds import seed_bars
+from vitrobust.report.controls import comparisons as control_comparisons
+from vitrobust.report.controls import controls_notes, controls_table
 from vitrobust.report.html import Page, render_html, render_markdown
 from vitrobust.report.runs import Run, as_runs, load_runs
 from vitrobust.report.sections import Section, build_sections
@@ -38,12 +40,13 @@ def report_files(out: str | Path) -> dict[str, Path]:
 
 def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
                  title: str = "vitrobust report", sort: str | None = None,
-                 extra_figures: Iterable[tuple[str, Path]] = ()) -> Path:
+                 extra_figures: Iterable[tuple[str, Path]] = (), extra_sections: Iterable[Section] = ()) -> Path:
     """Write report.html (+ .md, .tex, .csv beside it) for the runs; returns the HTML path.
 
     `out` defaults to RUN/report.html for one run, else ./report.html. Plots the report draws go to
     figures/ beside it (the Markdown links them; the HTML embeds them). `sort` names a leaderboard
-    column (see tables.leaderboard); `extra_figures` are (caption, PNG) drawn by the caller. Runs that
+    column (see tables.leaderboard); `extra_figures` are (caption, PNG) drawn by the caller, `extra_sections`
+    sections the caller built (shown first, after the matched controls). Runs that
     differ only by seed also get a Seeds section and seeds.json beside the page (report/seeds.py).
     """
     if out and Path(out).suffix.lower() not in ("", ".html", ".htm"):
@@ -60,13 +63,20 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
     sections = build_sections(board.runs, out.parent / "figures", list(extra_figures))
     if (paired := board.paired_table()) is not None:  # is a difference real? (report/tables.py comparisons)
         sections.insert(0, Section("paired", "Paired comparisons", [paired], notes=[
-            "McNemar's exact test counts the images only one of the two runs got right; a difference with "
-            "p >= 0.05 may be chance. Runs evaluated on other images (another subset or data) are not paired."]))
+            "McNemar's exact test counts the images only one of the two runs got right (for seed groups: the "
+            "two runs of each paired seed); a difference with p >= 0.05 may be chance. Runs evaluated on other "
+            "images (another subset or data) are not paired. min. detectable: the smallest difference these "
+            "images find with 80% power at the 0.05 level; a 'not significant' below it may be too few images."]))
     if groups := aggregate(board.runs, board.columns):  # runs repeated over seeds (report/seeds.py)
         atomic_write_text(out.parent / "seeds.json", json.dumps(groups, indent=2))
         bars = seed_bars(groups, out.parent / "figures" / "report_seeds.png")
-        sections.append(Section("seeds", "Runs repeated over seeds", [seeds_table(groups, board.columns)],
-                                [("Top-1 over seeds: mean, std, each seed", bars)] if bars else [], seed_notes(groups)))
+        figure = [("Top-1 over seeds: mean, sample std (not a 95% interval), each seed", bars)] if bars else []
+        sections.append(Section("seeds", "Runs repeated over seeds", [seeds_table(groups, board.columns)], figure,
+                                seed_notes(groups)))
+    sections[:0] = list(extra_sections)  # the caller's own sections (a study's claims) lead
+    if found := control_comparisons(board.runs, board.columns):  # each method against its matched control
+        sections.insert(0, Section("controls", "Methods against their matched controls", [controls_table(found)],
+                                   notes=controls_notes(found)))
     page = Page(title, board.runs, board.table(), board.notes(), failed_checks(board.runs), sections,
                 downloads=[files["latex"], files["csv"]])
     atomic_write_text(files["markdown"], render_markdown(page, out.parent))

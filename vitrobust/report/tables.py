@@ -21,7 +21,7 @@ import torch
 from vitrobust.errors import InputError, suggest
 from vitrobust.report.groups import identity, seed_groups
 from vitrobust.report.runs import Run, as_runs, number, shift_labels
-from vitrobust.stats import ALPHA, mcnemar, wilson
+from vitrobust.stats import ALPHA, mcnemar, min_detectable, wilson
 
 MISSING = "-"
 ACCURACIES = ("top1", "clean_top1", "robust_top1")  # fractions of n images correct: a Wilson interval applies
@@ -280,7 +280,9 @@ class Leaderboard:
                     mine.append(a[0])
                     theirs.append(b[0])
                 if per_seed:
-                    row.update(mcnemar(torch.cat(mine), torch.cat(theirs)), paired=True, per_seed=per_seed,
+                    a, b = torch.cat(mine), torch.cat(theirs)
+                    row.update(mcnemar(a, b), paired=True, per_seed=per_seed,
+                               mde=min_detectable(a.double() - b.double(), binary=True),
                                difference=statistics.fmean(d["difference"] for d in per_seed))
                 out.append(row)
         return out
@@ -311,6 +313,7 @@ class Leaderboard:
             scale = 100 if col.unit == "%" else 1
             rows.append([col.label, units[c["best"]].label, units[c["other"]].label,
                          f"{scale * c['difference']:+.2f}", f"{c['a_only']} / {c['b_only']}", f"{c['p']:.3g}",
+                         f"{scale * c['mde']:.2f}",
                          f"significant (p < {ALPHA:g})" if c["significant"] else "not significant"])
             if grouped:
                 rows[-1].append("; ".join(f"seed {d['seed']}: {scale * d['difference']:+.2f} (p {d['p']:.3g})"
@@ -318,7 +321,7 @@ class Leaderboard:
         if not rows:
             return None
         header = ["number", "best run", "other run", "difference", "discordant images (best only / other only)",
-                  "p (McNemar exact)", f"at {ALPHA:g}"]
+                  "p (McNemar exact)", "min. detectable", f"at {ALPHA:g}"]
         caption = "Each column's best run against the others, image by image on the same images"
         if grouped:
             header[1:3] = ["best run or seed group", "other run or seed group"]
