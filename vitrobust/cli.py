@@ -108,6 +108,15 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from vitrobust.study import claims_study
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: give at least 1 (2 or more for an interval over seeds)")
+    claims_study(args.out, args.seeds, args.quick, args.overrides, progress=not args.no_progress)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from vitrobust.sweep import sweep
 
@@ -198,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
                                                            "(default: keep both, the new one under variants)")
     e.set_defaults(func=cmd_evaluate)
 
-    x = sub.add_parser("explain", help="relevance maps of the first test images, as overlay PNGs and a .pt file")
+    x = sub.add_parser("explain", help="relevance maps of a balanced sample of test images, as overlay PNGs and a .pt file")
     add_run_path(x)
     x.add_argument("--n", type=int, default=8, help="number of test images (default 8)")
     x.add_argument("--out", help="output folder (default RUN_DIR/explain)")
@@ -222,6 +231,18 @@ def parser() -> argparse.ArgumentParser:
     add_set(q)
     add_no_progress(q)
     q.set_defaults(func=cmd_quickstart)
+
+    st = sub.add_parser("study", help="studies that test the methods' claims (method vs matched control, over seeds)")
+    sts = st.add_subparsers(dest="study", required=True)
+    sc = sts.add_parser("claims", help="train each method and its matched control with N seeds, evaluate them on the "
+                        "same images and give each claim a verdict (holds / not distinguishable / opposite)")
+    sc.add_argument("--seeds", type=int, help="seeds per method and control (default 3; 2 with --quick)")
+    sc.add_argument("--quick", action="store_true", help="shorter training and fewer images (about 20 minutes on "
+                    "2 CPU cores instead of about an hour)")
+    sc.add_argument("--out", default="runs/claims", help="study folder (default runs/claims)")
+    add_set(sc)
+    add_no_progress(sc)
+    sc.set_defaults(func=cmd_study)
 
     w = sub.add_parser("sweep", help="train and evaluate a grid of configs, then compare them in one report")
     w.add_argument("grid", help="grid YAML path or shipped grid (light_recipe_ablation, scale_up)")
@@ -289,8 +310,9 @@ def interrupted_note(args) -> str:
     if command == "evaluate":
         return ("interrupted: results.json keeps every benchmark that finished, and the unfinished one saved "
                 "its progress; run the same command again to resume")
-    if command in ("quickstart", "sweep"):
-        return (f"interrupted: finished runs and results are kept; run `vitrobust {command}` with the same "
+    if command in ("quickstart", "sweep", "study"):
+        name = "study claims" if command == "study" else command
+        return (f"interrupted: finished runs and results are kept; run `vitrobust {name}` with the same "
                 f"arguments again to continue where it stopped")
     if command in ("import", "zoo", "configs"):
         return "interrupted: nothing was written"
