@@ -43,11 +43,24 @@ def test_claim_results_pair_each_seed_and_summarise_over_seeds(tmp_path):
     assert [at["per_seed"][s]["difference"] for s in "012"] == pytest.approx([20.0, 16.0, 24.0])
     assert at["mean"] == pytest.approx(20.0) and at["std"] == pytest.approx(4.0)
     # t(0.975, 2) = 4.302653: 20 +- 4.302653 * 4 / sqrt(3)
-    assert at["ci95"] == pytest.approx([20 - 9.93655, 20 + 9.93655], abs=1e-3)
-    assert at["verdict"] == "holds" and at["interval"] == "t over seeds"
+    assert at["ci95_seeds"] == pytest.approx([20 - 9.93655, 20 + 9.93655], abs=1e-3)
+    # the images' interval: every seed's method is right on 35-37 images its control gets wrong out of 50
+    lo, hi = at["ci95_images"]
+    assert 5 < lo < 20 < hi < 35
+    assert at["ci95"] == [min(lo, at["ci95_seeds"][0]), max(hi, at["ci95_seeds"][1])]
+    assert at["verdict"] == "holds"
     # claims whose runs are missing are said to be unmeasured, not silently dropped
     assert {c["key"]: c["verdict"] for c in found["claims"]}["drvit_mce"] == "not measured"
     assert len(found["claims"]) == len(CLAIMS)
+
+
+def test_seeds_that_agree_by_chance_keep_the_images_uncertainty(tmp_path):
+    # two seeds with the same +4 points on 50 images: a t interval of width 0, but 2 of 50 images decide it
+    runs = {0: _pair(tmp_path, 0, (5, 2, 0, 43)), 1: _pair(tmp_path, 1, (5, 2, 0, 43))}
+    at = next(c for c in claim_results(runs)["claims"] if c["key"] == "at_autoattack")
+    assert at["ci95_seeds"] == pytest.approx([4.0, 4.0])
+    assert at["ci95"][0] <= 0.0 < 4.0 < at["ci95"][1]
+    assert at["verdict"] == "not distinguishable"
 
 
 def test_seeds_that_disagree_give_no_verdict(tmp_path):

@@ -16,14 +16,16 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from vitrobust.checkpoint import atomic_write_text
 from vitrobust.quickstart import STAGES, Stage, run_stage
 from vitrobust.report import build_report
-from vitrobust.report.controls import compare_with_control
+from vitrobust.report.controls import Comparison, compare_with_control
 from vitrobust.report.runs import load_runs
 from vitrobust.report.sections import Section
 from vitrobust.report.tables import Table, leaderboard_columns, markdown_table
-from vitrobust.stats import t_interval
+from vitrobust.stats import percentile_interval, t_interval
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def claims_study(out: str | Path = "runs/claims", seeds: int | None = None, quic
                         *(overrides or [])]
             runs[seed][name] = run_stage(stage, where, settings, list(plan.evaluate), progress)
     found = claim_results(runs)
-    found["seconds"] = round(time.perf_counter() - t_start)
+    found["seconds_this_call"] = round(time.perf_counter() - t_start)  # a resumed study counts what it did
     found["plan"] = {"seeds": seeds, "quick": quick, "train": list(plan.train), "evaluate": list(plan.evaluate),
                      "stage_train": {k: list(v) for k, v in plan.stage_train.items()}, "overrides": overrides or []}
     atomic_write_text(out / "claims.json", json.dumps(found, indent=2))
@@ -132,25 +134,41 @@ def claims_study(out: str | Path = "runs/claims", seeds: int | None = None, quic
     report = build_report(list(dict.fromkeys(every)), out / "report.html", title="vitrobust claims study",
                           extra_sections=[Section("claims", "Claims", [table], notes=claims_notes(found))])
     print(f"\n{table.caption}\n" + "\n".join(f"{row[0]}: {row[-2]} ({row[3]})" for row in table.rows))
-    print(f"\nclaims: {out / 'claims.md'}\nreport: {report}\nwall time: {found['seconds']} s")
+    print(f"\nclaims: {out / 'claims.md'}\nreport: {report}\nwall time: {found['seconds_this_call']} s")
     return report
 
 
-def _effect(claim: Claim, method: Path | None, control: Path | None) -> dict | None:
-    """The paired effect of one seed: difference (in the claim's unit), its interval over images, p, MDE
-    (None when either run or its per-image results are missing)."""
+def _comparison(claim: Claim, method: Path | None, control: Path | None) -> Comparison | None:
+    """One seed's paired comparison of the claim's number (None when a run or its per-image results are
+    missing)."""
     if method is None or control is None or not all((p / "results.json").is_file() for p in (method, control)):
         return None
     run, ctl = load_runs([method, control])
-    wanted = [c for c in compare_with_control(run, ctl, leaderboard_columns([run, ctl])) if c.column.key == claim.number]
-    if not wanted:
-        return None
-    c = wanted[0]
-    scale = c.scale
-    s = c.stats
+    found = compare_with_control(run, ctl, leaderboard_columns([run, ctl]))
+    return next((c for c in found if c.column.key == claim.number), None)
+
+
+def _summary(c: Comparison) -> dict:
+    """One seed's effect in the claim's unit: the difference, its interval over images, p, MDE, n."""
+    s, scale = c.stats, c.scale
     return {"method": c.method_value, "control": c.control_value, "difference": scale * s["difference"],
             "ci95": [scale * v for v in s["ci95"]], "p": s["p"], "mde": scale * s["mde"], "n": s["n"],
             "test": s["test"]}
+
+
+def images_interval(found: list[Comparison], resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval over images of the mean effect over seeds: the seeds were evaluated on the
+    same images, so one resample of the images is applied to every seed ([nan, nan] if the seeds saw
+    other images, or the effect is undefined in some resample)."""
+    n = found[0].stats["n"]
+    if any(c.stats["n"] != n or len(c.data) not in (2, 3) for c in found):
+        return [math.nan, math.nan]
+    gen = torch.Generator().manual_seed(seed)
+    draws: list[float] = []
+    for start in range(0, resamples, 100):
+        idx = torch.randint(0, n, (min(100, resamples - start), n), generator=gen)
+        draws += torch.stack([c.resampled(idx) * c.scale for c in found]).mean(0).tolist()
+    return percentile_interval(draws)
 
 
 def verdict(interval: list[float], better: int) -> str:
@@ -165,24 +183,28 @@ def verdict(interval: list[float], better: int) -> str:
 
 
 def claim_results(runs: dict[int, dict[str, Path]]) -> dict:
-    """Per claim: each seed's paired effect, the mean over seeds with its t interval, and the verdict
-    (from the seeds' interval; with one seed, from that seed's interval over images)."""
+    """Per claim: each seed's paired effect, the mean over seeds with two 95% intervals (Student t over
+    the seeds: training randomness; a bootstrap over the images all seeds share: which images were drawn)
+    and the verdict from the span of both (with one seed, the images' interval alone)."""
     claims = []
     for claim in CLAIMS:
-        per_seed = {seed: _effect(claim, paths.get(claim.method), paths.get(claim.control))
+        compared = {seed: _comparison(claim, paths.get(claim.method), paths.get(claim.control))
                     for seed, paths in runs.items()}
-        effects = [e["difference"] for e in per_seed.values() if e is not None]
+        found = [c for c in compared.values() if c is not None]
         entry = {"key": claim.key, "claim": claim.text, "method": claim.method, "control": claim.control,
                  "number": claim.number, "unit": claim.unit, "claimed_direction": claim.better, "scale": claim.scale,
-                 "per_seed": {str(k): v for k, v in per_seed.items()}, "seeds": len(effects)}
-        if effects:
+                 "per_seed": {str(k): None if c is None else _summary(c) for k, c in compared.items()},
+                 "seeds": len(found)}
+        if found:
+            effects = [c.stats["difference"] * c.scale for c in found]
             entry["mean"] = statistics.fmean(effects)
             entry["std"] = statistics.stdev(effects) if len(effects) > 1 else None
-            single = next(e for e in per_seed.values() if e is not None)
-            entry["ci95"] = t_interval(effects) if len(effects) > 1 else single["ci95"]
-            entry["interval"] = "t over seeds" if len(effects) > 1 else "over images (one seed)"
-            entry["mde_per_seed"] = statistics.fmean(e["mde"] for e in per_seed.values() if e is not None) \
-                if all(e is not None and math.isfinite(e["mde"]) for e in per_seed.values()) else None
+            entry["ci95_seeds"] = t_interval(effects)
+            entry["ci95_images"] = images_interval(found)
+            spans = [ci for ci in (entry["ci95_seeds"], entry["ci95_images"]) if all(map(math.isfinite, ci))]
+            entry["ci95"] = [min(ci[0] for ci in spans), max(ci[1] for ci in spans)] if spans else [math.nan] * 2
+            mdes = [c.stats["mde"] * c.scale for c in found]
+            entry["mde_per_seed"] = statistics.fmean(mdes) if all(map(math.isfinite, mdes)) else None
             entry["verdict"] = verdict(entry["ci95"], claim.better)
         else:
             entry["verdict"] = "not measured"
@@ -201,24 +223,29 @@ def claims_table(found: dict) -> Table:
     for c in found["claims"]:
         seeds = "; ".join(f"{_num(e['difference'])} [{_num(e['ci95'][0])}, {_num(e['ci95'][1])}]"
                           for e in c["per_seed"].values() if e is not None) or "-"
-        ci = c.get("ci95") or [math.nan, math.nan]
+        nan = [math.nan, math.nan]
+        ci, by_seeds, by_images = (c.get(k) or nan for k in ("ci95", "ci95_seeds", "ci95_images"))
+        parts = f"seeds (t) [{_num(by_seeds[0])}, {_num(by_seeds[1])}]; images [{_num(by_images[0])}, {_num(by_images[1])}]"
         rows.append([c["claim"], f"{c['method']} vs {c['control']}", c["unit"],
-                     f"{_num(c.get('mean'))} [{_num(ci[0])}, {_num(ci[1])}]", seeds,
+                     f"{_num(c.get('mean'))} [{_num(ci[0])}, {_num(ci[1])}]", parts, seeds,
                      _num(c.get("mde_per_seed"), sign=False), c["verdict"], c["scale"]])
-    header = ["claim", "runs", "effect in", "mean effect [95% CI over seeds]", "each seed [95% CI over images]",
-              "min. detectable per seed", "verdict", "what this scale can test"]
+    header = ["claim", "runs", "effect in", "mean effect [95% CI]", "the interval's parts",
+              "each seed [95% CI over images]", "min. detectable per seed", "verdict", "what this scale can test"]
     n = max((c["seeds"] for c in found["claims"]), default=0)
     return Table(header, rows, f"Each claim: method minus matched control, paired by seed ({n} seeds) and by image",
                  text_columns=3)
 
 
 def claims_notes(found: dict) -> list[str]:
-    return ["verdict: holds when the 95% interval of the mean effect over seeds (Student t) lies on the claimed "
-            "side of 0, opposite when it lies on the other side, else not distinguishable: with few seeds the "
-            "interval is wide, so 'not distinguishable' often means 'too few seeds or images', not 'no effect'",
+    return ["mean effect: over seeds; its 95% interval spans two: Student t over the seeds (training randomness) "
+            "and a bootstrap over the images every seed was evaluated on (which images were drawn); seeds that "
+            "agree by chance do not make it narrower than the images allow",
+            "verdict: holds when that interval lies on the claimed side of 0, opposite when it lies on the other "
+            "side, else not distinguishable: with few seeds the t interval is wide (t = 12.7 for 2 seeds, 4.3 for "
+            "3), so 'not distinguishable' often means 'too few seeds or images', not 'no effect'",
             "each seed: the paired difference on the same images (Tango's interval for accuracies, a bootstrap "
             "over images for mCE and mean scores); min. detectable: the smallest per-seed difference these images "
-            "detect with 80% power at the 0.05 level",
+            "detect with 80% power at the 0.05 level (for mCE from the bootstrap's spread)",
             "mCE effects: the method's mCE with its control as the reference (control = 100), minus 100",
             "seeds vary the fine-tuning (data order, random starts, new layers); the start (baseline, tokenizer, "
             "textured model) is shared"]

@@ -16,7 +16,7 @@ from vitrobust.config import control_mismatches
 from vitrobust.evaluate.corruptions import ZERO_ERROR
 from vitrobust.report.runs import Run, load_runs, number
 from vitrobust.report.tables import Column, Table, leaderboard_columns
-from vitrobust.stats import ALPHA, paired_comparison, percentile_interval
+from vitrobust.stats import ALPHA, Z80, Z95, paired_comparison, percentile_interval
 
 
 def run_config(run: Run) -> dict:
@@ -65,6 +65,17 @@ class Comparison:
     control_value: float | None
     stats: dict  # paired_comparison, differences as fractions (or the column's own unit)
     mismatches: list[str]
+    data: tuple = ()  # per-image values (run, control), or (mCE key, run's flags, control's flags)
+
+    def resampled(self, idx: torch.Tensor) -> torch.Tensor:
+        """The difference recomputed on each row of image indices `idx` (stats' units): what a bootstrap over
+        images of one or several comparisons on the same images resamples."""
+        if len(self.data) == 3:
+            key, a, b = self.data
+            mce, relative = _mce_scores(a, b, idx)
+            return (relative if key == "relative_mce" else mce) - 100
+        a, b = self.data
+        return a.double()[idx].mean(-1) - b.double()[idx].mean(-1)
 
     @property
     def scale(self) -> float:
@@ -89,16 +100,20 @@ def compare_with_control(run: Run, control: Run, columns: list[Column], resample
         if mine is None or theirs is None or mine[1] != theirs[1] or mine[0].shape != theirs[0].shape:
             continue
         stats = paired_comparison(mine[0], theirs[0], resamples)
-        out.append(Comparison(run, control, col, col.value(run), col.value(control), stats, mismatches))
+        out.append(Comparison(run, control, col, col.value(run), col.value(control), stats, mismatches,
+                              (mine[0], theirs[0])))
+    flags = (_corruption_flags(run), _corruption_flags(control))
     for key, found in (mce_against_control(run, control, resamples) or {}).items():
         label = "mCE" if key == "mce" else "relative mCE"
         col = Column(key, label, lambda r: None, key, unit="x100", better=-1, qualifier="(vs control = 100)")
         lo, hi = found["ci95"]
         defined = number(found["value"]) is not None and number(lo) is not None
-        stats = {"difference": found["value"] - 100, "ci95": [lo - 100, hi - 100], "p": math.nan,
-                 "mde": math.nan, "test": "bootstrap", "n": len(run.per_image(run.entry("corruptions"), "clean_top1")[0]),
-                 "significant": defined and (lo > 100 or hi < 100)}
-        out.append(Comparison(run, control, col, found["value"], 100.0, stats, mismatches))
+        stats = {"difference": found["value"] - 100, "ci95": [lo - 100, hi - 100], "p": math.nan, "test": "bootstrap",
+                 "n": len(flags[0][0]["clean"]), "significant": defined and (lo > 100 or hi < 100),
+                 # the bootstrap's spread as a standard error: (z_0.975 + z_0.8) x SE, as for the other numbers
+                 "mde": (Z95 + Z80) * (hi - lo) / (2 * Z95) if defined else math.nan}
+        out.append(Comparison(run, control, col, found["value"], 100.0, stats, mismatches,
+                              (key, flags[0][0], flags[1][0])))
     return out
 
 
