@@ -237,8 +237,8 @@ def parser() -> argparse.ArgumentParser:
     sc = sts.add_parser("claims", help="train each method and its matched control with N seeds, evaluate them on the "
                         "same images and give each claim a verdict (holds / not distinguishable / opposite)")
     sc.add_argument("--seeds", type=int, help="seeds per method and control (default 3; 2 with --quick)")
-    sc.add_argument("--quick", action="store_true", help="shorter training and fewer images (about 20 minutes on "
-                    "2 CPU cores instead of about an hour)")
+    sc.add_argument("--quick", action="store_true", help="2 seeds, shorter training and fewer images (about 11 "
+                    "minutes on 2 CPU cores instead of about 25)")
     sc.add_argument("--out", default="runs/claims", help="study folder (default runs/claims)")
     add_set(sc)
     add_no_progress(sc)
