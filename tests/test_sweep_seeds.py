@@ -218,10 +218,13 @@ def test_seed_groups_are_compared_as_groups_paired_by_seed(paired_groups, tmp_pa
     # combined test counts 27 / 6 discordant images over both seeds
     assert paired.rows == [
         ["clean top1 %", "lr=0.01 (seeds 0, 1)", "lr=0.1 (seeds 0, 1)", f"{100 * (17 + 4) / 2 / N_IMAGES:+.2f}",
-         "27 / 6", f"{exact_p(27, 6):.3g}", "significant (p < 0.05)",
+         "27 / 6", f"{exact_p(27, 6):.3g}",
+         # minimum detectable: (z_0.975 + z_0.8) * sqrt(discordant share / images) over both seeds' images
+         f"{100 * 2.8015852 * math.sqrt(33 / (2 * N_IMAGES) / (2 * N_IMAGES)):.2f}", "significant (p < 0.05)",
          f"seed 0: +11.33 (p {exact_p(20, 3):.3g}); seed 1: +2.67 (p {exact_p(7, 3):.3g})"],
         # the lone run has seed 0: paired with A's seed 0 only
         ["clean top1 %", "lr=0.01 (seeds 0, 1)", "wd=0.1", "+4.67", "10 / 3", f"{exact_p(10, 3):.3g}",
+         f"{100 * 2.8015852 * math.sqrt(13 / N_IMAGES / N_IMAGES):.2f}",  # one seed's 150 images: 13 discordant
          "not significant", f"seed 0: +4.67 (p {exact_p(10, 3):.3g})"]]
     assert paired.rows[0][3] == "+7.00" and exact_p(7, 3) > 0.05 > exact_p(27, 6)
     # bold: both runs of A and the lone run not significantly worse; B, significantly worse, not at all;

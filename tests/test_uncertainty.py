@@ -16,7 +16,7 @@ from vitrobust.evaluate.core import annotate
 from vitrobust.evaluate.corruptions import Reference, flag_path, mce_intervals, score
 from vitrobust.report import build_report, leaderboard
 from vitrobust.results import PER_IMAGE_FILE, read_per_image, write_per_image, write_results
-from vitrobust.stats import bootstrap, interval, mcnemar, wilson
+from vitrobust.stats import bootstrap, interval, mcnemar, min_detectable, wilson
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -172,8 +172,9 @@ def test_the_report_shows_intervals_and_which_differences_are_significant(tmp_pa
     paired = board.paired_table()
     rows = {row[2]: row for row in paired.rows}
     assert set(rows) == {"close", "far"}  # elsewhere was measured on other images: not paired
-    assert rows["close"][5] == f"{mcnemar(best, close)['p']:.3g}" and rows["close"][6] == "not significant"
-    assert rows["far"][6].startswith("significant") and rows["far"][3] == "+30.00"
+    assert rows["close"][5] == f"{mcnemar(best, close)['p']:.3g}" and rows["close"][7] == "not significant"
+    assert rows["close"][6] == f"{100 * min_detectable(best.double() - close.double(), binary=True):.2f}"
+    assert rows["far"][7].startswith("significant") and rows["far"][3] == "+30.00"
     csv_header = board.csv().splitlines()[0]
     assert "ci95 low" in csv_header and "ci95 high" in csv_header
     page = build_report(runs, tmp_path / "report.html").read_text()
