@@ -117,10 +117,10 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     out = Path(out)
     t_start = time.perf_counter()
     runs = [run_stage(stage, lambda name: out / name, overrides or [], [], progress) for stage in STAGES]
-    report = build_report(runs, out / "report.html", title="vitrobust quickstart")
+    found = control_comparisons(load_runs(runs))  # once: for the report and the console
+    report = build_report(runs, out / "report.html", title="vitrobust quickstart", controls=found)
     header, rows = summary_rows(runs)
     print("\n" + text_table(header, rows))
-    found = control_comparisons(load_runs(runs))
     if found:
         table = controls_table(found)
         print("\nEach method against its matched control (same images; difference [95% CI], p, min. detectable):")

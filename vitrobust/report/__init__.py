@@ -40,13 +40,15 @@ def report_files(out: str | Path) -> dict[str, Path]:
 
 def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
                  title: str = "vitrobust report", sort: str | None = None,
-                 extra_figures: Iterable[tuple[str, Path]] = (), extra_sections: Iterable[Section] = ()) -> Path:
+                 extra_figures: Iterable[tuple[str, Path]] = (), extra_sections: Iterable[Section] = (),
+                 controls: list | None = None) -> Path:
     """Write report.html (+ .md, .tex, .csv beside it) for the runs; returns the HTML path.
 
     `out` defaults to RUN/report.html for one run, else ./report.html. Plots the report draws go to
     figures/ beside it (the Markdown links them; the HTML embeds them). `sort` names a leaderboard
     column (see tables.leaderboard); `extra_figures` are (caption, PNG) drawn by the caller, `extra_sections`
-    sections the caller built (shown first, after the matched controls). Runs that
+    sections the caller built (shown first, after the matched controls); `controls` the comparisons with
+    matched controls when the caller computed them already (report/controls.py). Runs that
     differ only by seed also get a Seeds section and seeds.json beside the page (report/seeds.py).
     """
     if out and Path(out).suffix.lower() not in ("", ".html", ".htm"):
@@ -74,7 +76,8 @@ def build_report(run_dirs: Iterable[str | Path], out: str | Path | None = None,
         sections.append(Section("seeds", "Runs repeated over seeds", [seeds_table(groups, board.columns)], figure,
                                 seed_notes(groups)))
     sections[:0] = list(extra_sections)  # the caller's own sections (a study's claims) lead
-    if found := control_comparisons(board.runs, board.columns):  # each method against its matched control
+    found = control_comparisons(board.runs, board.columns) if controls is None else controls
+    if found:  # each method against its matched control
         sections.insert(0, Section("controls", "Methods against their matched controls", [controls_table(found)],
                                    notes=controls_notes(found)))
     page = Page(title, board.runs, board.table(), board.notes(), failed_checks(board.runs), sections,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from vitrobust.config import control_mismatches
 from vitrobust.evaluate.corruptions import ZERO_ERROR
@@ -19,17 +18,8 @@ from vitrobust.report.tables import Column, Table, leaderboard_columns
 from vitrobust.stats import ALPHA, Z80, Z95, paired_comparison, percentile_interval
 
 
-def run_config(run: Run) -> dict:
-    """The run's config.yaml as a dict ({} when there is none: a results file alone)."""
-    try:
-        cfg = yaml.safe_load((run.results_path.parent / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def control_of(run: Run) -> str | None:
-    compare = run_config(run).get("compare")
+    compare = run.config.get("compare")
     return compare.get("control") if isinstance(compare, dict) else None
 
 
@@ -91,7 +81,7 @@ class Comparison:
 
 def compare_with_control(run: Run, control: Run, columns: list[Column], resamples: int = 1000) -> list[Comparison]:
     """The paired comparison of every score column both runs measured on the same images."""
-    mismatches = control_mismatches(run_config(run), run_config(control))
+    mismatches = control_mismatches(run.config, control.config)
     out = []
     for col in columns:
         if not col.better:
@@ -103,7 +93,7 @@ def compare_with_control(run: Run, control: Run, columns: list[Column], resample
         out.append(Comparison(run, control, col, col.value(run), col.value(control), stats, mismatches,
                               (mine[0], theirs[0])))
     flags = (_corruption_flags(run), _corruption_flags(control))
-    for key, found in (mce_against_control(run, control, resamples) or {}).items():
+    for key, found in (mce_against_control(*flags, resamples) or {}).items():
         label = "mCE" if key == "mce" else "relative mCE"
         col = Column(key, label, lambda r: None, key, unit="x100", better=-1, qualifier="(vs control = 100)")
         lo, hi = found["ci95"]
@@ -157,11 +147,10 @@ def _mce_scores(a: dict, b: dict, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     return out[0], out[1]
 
 
-def mce_against_control(run: Run, control: Run, resamples: int = 1000, seed: int = 0) -> dict | None:
-    """mCE and relative mCE of the run with its control as the reference (100 = the control's corruption
-    errors), from both runs' per-image results on the same corrupted images, each with a paired bootstrap
-    interval over images (None where either lacks them or they are other images)."""
-    mine, theirs = _corruption_flags(run), _corruption_flags(control)
+def mce_against_control(mine: tuple | None, theirs: tuple | None, resamples: int = 1000, seed: int = 0) -> dict | None:
+    """mCE and relative mCE of a run with its control as the reference (100 = the control's corruption
+    errors), from both runs' per-image corruption results (_corruption_flags) on the same corrupted images,
+    each with a paired bootstrap interval over images (None where either lacks them or they are other images)."""
     if mine is None or theirs is None or mine[1] != theirs[1] or mine[0].keys() != theirs[0].keys():
         return None
     a, b = mine[0], theirs[0]
@@ -229,4 +218,4 @@ def controls_notes(found: list[Comparison]) -> list[str]:
 
 
 __all__ = ["Comparison", "compare_with_control", "comparisons", "control_of", "controls_notes", "controls_table",
-           "find_control", "run_config"]
+           "find_control"]

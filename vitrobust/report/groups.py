@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 
-import yaml
-
 from vitrobust.report.runs import Run
 
 SEED_PART = re.compile(r"(?:^|,)seed=-?\d+(?=,|$)")
@@ -18,11 +16,8 @@ SEED_PART = re.compile(r"(?:^|,)seed=-?\d+(?=,|$)")
 
 def identity(run: Run) -> tuple[str, int] | None:
     """(config.yaml beside the results without name and seed, as canonical JSON; the seed), or None."""
-    try:
-        cfg = yaml.safe_load((run.results_path.parent / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(cfg, dict) or not isinstance(seed := cfg.pop("seed", 0), int):
+    cfg = dict(run.config)
+    if not cfg or not isinstance(seed := cfg.pop("seed", 0), int):
         return None
     cfg.pop("name", None)
     return json.dumps(cfg, sort_keys=True, default=str), seed

@@ -6,10 +6,13 @@ its figures are the ones the benchmarks listed, under `figures/` beside that res
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from vitrobust.errors import InputError
 from vitrobust.results import mark_prefix_samples, read_metrics, read_per_image, read_results
@@ -35,6 +38,15 @@ class Run:
 
     def __post_init__(self) -> None:
         mark_prefix_samples(self.results)  # old entries: measured on the first n images (Leaderboard.notes)
+
+    @functools.cached_property
+    def config(self) -> dict:
+        """The run's config.yaml beside its results as a dict ({} for a results file without one)."""
+        try:
+            cfg = yaml.safe_load((self.results_path.parent / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return cfg if isinstance(cfg, dict) else {}
 
     @property
     def figures_dir(self) -> Path:
