@@ -80,7 +80,7 @@ def test_small_vits_registered_in_timm():
 
 
 def test_small_vit_has_no_pretrained_weights():
-    with pytest.raises(ValueError, match="no pretrained weights"):
+    with pytest.raises(ValueError, match="no weights to download"):
         timm.create_model("vit_pico_patch8_32", pretrained=True)
 
 

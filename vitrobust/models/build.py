@@ -10,6 +10,7 @@ from vitrobust.data.base import IMAGENET_MEAN, IMAGENET_STD, ImageSet
 from vitrobust.errors import ModelError, suggest
 from vitrobust.models.adapt import adapt_patch_size
 from vitrobust.models.classifier import ImageClassifier
+from vitrobust.models.frozen import frozen_tensors
 from vitrobust.models.small_vits import SMALL_VITS
 
 
@@ -66,7 +67,8 @@ def build_model(spec: dict) -> ImageClassifier:
 
 
 def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters plus frozen weights (a Dr.ViT's tokenizer, held as buffers): the size of what runs."""
+    return sum(p.numel() for p in model.parameters()) + sum(t.numel() for _, t in frozen_tensors(model))
 
 
 def count_flops(model: ImageClassifier) -> int:

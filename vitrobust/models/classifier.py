@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vitrobust.errors import InputError
+from vitrobust.models.timm_contract import run_pretrained_cfg
 
 
 class Normalize(nn.Module):
@@ -49,6 +50,22 @@ class ImageClassifier(nn.Module):
         if callable(hook):
             hook(spec.get("mean"), spec.get("std"))
         self.input_shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
+        self.sync_pretrained_cfg()
+
+    def sync_pretrained_cfg(self) -> None:
+        """Give the network timm's pretrained cfg of what it was built for (input size, classes, the
+        normalisation of its input, the resize rule in spec["preprocess"]); call again after changing the spec."""
+        self.net.pretrained_cfg = self.net.default_cfg = run_pretrained_cfg(self.net, self.spec)
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's view of this model: the network's cfg, but its input is [0,1] (normalisation is inside)."""
+        chans = self.input_shape[0]
+        return {**self.net.pretrained_cfg, "mean": (0.0,) * chans, "std": (1.0,) * chans}
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
 
     def param_groups(self, weight_decay: float) -> list[dict] | None:
         """The network's own optimizer groups, or None for timm's default grouping."""

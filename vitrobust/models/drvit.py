@@ -30,15 +30,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from timm.layers import to_2tuple
-from timm.models import register_model
+from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vitrobust.errors import ModelError
+from vitrobust.models.frozen import freeze
 from vitrobust.models.groups import decay_groups
 from vitrobust.models.small_vits import SMALL_VITS
+from vitrobust.models.timm_contract import cfg, register
 from vitrobust.models.tokenizer_io import load_tokenizer
-from vitrobust.models.vqgan import VQTokenizer, build_tokenizer
+from vitrobust.models.vqgan import VQTokenizer, build_tokenizer, resolve_arch
 
 # name stem: (img_size, patch, width, depth, heads); the 32-px sizes are vitrobust's small ViTs
 SIZES = {
@@ -63,14 +65,16 @@ def _same_layout(a: dict, b: dict) -> bool:
 
 def resolve_tokenizer(tokenizer: str | Path | VQTokenizer | None, preset: str | None, arch: dict | None,
                       in_chans: int, default_preset: str, model: str, trust: bool = False,
-                      from_checkpoint: bool = False) -> VQTokenizer:
+                      from_checkpoint: bool = False, max_code_dim: int | None = None) -> VQTokenizer:
     """The model's own frozen, encoder-only tokenizer.
 
     A path is loaded; a missing path with a recorded `arch` (a saved model moved to another
     machine) builds that layout, its weights then come from the model's checkpoint. With
     `from_checkpoint` (an imported model whose file holds the tokenizer, e.g. easyrobust's Dr.ViT) the
     recorded layout is built without a file. Otherwise, without a path the tokenizer is random: fine
-    for tests and the registry, useless for training.
+    for tests and the registry, useless for training; its code vectors are narrowed to `max_code_dim`
+    where the preset's are wider than the token has room for (drvit_tiny: 192 - 32 pixel channels).
+    The result is frozen: its parameters become buffers (vitrobust.models.frozen).
     """
     arch = dict(arch or {})
     if isinstance(tokenizer, nn.Module):
@@ -96,6 +100,8 @@ def resolve_tokenizer(tokenizer: str | Path | VQTokenizer | None, preset: str | 
     else:
         if not (preset or arch):
             preset, arch = default_preset, {"in_channels": in_chans, "out_ch": in_chans}
+            if max_code_dim is not None and resolve_arch(preset)["embed_dim"] > max_code_dim:
+                arch["embed_dim"] = max_code_dim
         warnings.warn(f"{model}: no tokenizer given, using a RANDOM {preset or 'custom'} tokenizer; for "
                       f"training set tokenizer=PATH (model.kwargs.tokenizer)", stacklevel=3)
         tok = build_tokenizer(preset, **arch)
@@ -105,8 +111,7 @@ def resolve_tokenizer(tokenizer: str | Path | VQTokenizer | None, preset: str | 
     for part in DECODER_PARTS:
         if hasattr(tok, part):
             delattr(tok, part)
-    tok.requires_grad_(False)
-    return tok.eval()
+    return freeze(tok)
 
 
 class DiscreteTokenEmbed(nn.Module):
@@ -175,6 +180,14 @@ class DiscreteTokenEmbed(nn.Module):
     def feat_ratio(self, as_scalar: bool = True):
         return self.patch_size[0] if as_scalar else self.patch_size
 
+    def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid of an image size (timm's PatchEmbed API; forward_intermediates reshapes with it)."""
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def set_input_size(self, img_size=None, patch_size=None, **unused) -> None:
+        raise ModelError("Dr.ViT's code grid is fixed by its tokenizer: build the model for the new size "
+                         "(img_size=...) instead of resizing it")
+
     def train(self, mode: bool = True) -> DiscreteTokenEmbed:
         super().train(mode)
         if self.tokenizer is not None:
@@ -182,10 +195,11 @@ class DiscreteTokenEmbed(nn.Module):
         return self
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_std is not None:
-            x = x * self.input_std
-        if self.input_mean is not None:
-            x = x + self.input_mean
+        std, mean = self.input_std, self.input_mean
+        if std is not None:
+            x = x * std
+        if mean is not None:
+            x = x + mean
         return x
 
     def code_vectors(self, x01: torch.Tensor) -> torch.Tensor:
@@ -197,8 +211,9 @@ class DiscreteTokenEmbed(nn.Module):
             with torch.no_grad():
                 indices = tok.encode(x01)
                 e = tok.codes(indices)
-        if self.codebook_delta is not None:
-            e = e + F.embedding(indices, self.codebook_delta).permute(0, 3, 1, 2)
+        delta = self.codebook_delta
+        if delta is not None:
+            e = e + F.embedding(indices, delta).permute(0, 3, 1, 2)
         return e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,8 +257,9 @@ class DrViT(VisionTransformer):
         if head not in ("softmax", "bce"):
             raise ModelError(f"{name}: head must be 'softmax' or 'bce', got {head!r}")
         in_chans = vit_kwargs.get("in_chans", 3)
+        room = vit_kwargs.get("embed_dim", 768) - (pixel_channels if isinstance(pixel_channels, int) else 0)
         tok = resolve_tokenizer(tokenizer, tokenizer_preset, tokenizer_arch, in_chans, default_preset, name,
-                                trust_tokenizer, tokenizer_from_checkpoint)
+                                trust_tokenizer, tokenizer_from_checkpoint, max_code_dim=room if mode == "fusion" else None)
         embed = partial(DiscreteTokenEmbed, mode=mode, code_dim=tok.embed_dim, code_factor=tok.downsample,
                         n_codes=tok.n_embed, pixel_channels=pixel_channels, codebook_delta=codebook_delta,
                         input_mean=input_mean, input_std=input_std)
@@ -253,6 +269,8 @@ class DrViT(VisionTransformer):
         self.tokenizer_arch = tok.arch
         if head == "bce" and isinstance(self.head, nn.Linear):
             nn.init.constant_(self.head.bias, BCE_HEAD_BIAS)
+
+    __jit_unused_properties__ = ["tokenizer"]  # TorchScript: reached through patch_embed instead
 
     @property
     def tokenizer(self) -> VQTokenizer:
@@ -279,36 +297,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return decay_groups(model, weight_decay, {"codebook_delta": CODEBOOK_DELTA_LR_SCALE})
 
 
-def _build(name: str, kwargs: dict) -> DrViT:
+def _stem(name: str) -> tuple[str, str]:
     prefix = "drvit_discrete_" if name.startswith("drvit_discrete_") else "drvit_"
-    img, patch, dim, depth, heads = SIZES[name.removeprefix(prefix)]
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    args = {"img_size": img, "patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads,
-            "mlp_ratio": 4.0, "num_classes": 10 if img == 32 else 1000, **kwargs}
-    model = DrViT(mode=MODES[prefix], name=name, default_preset=DEFAULT_PRESETS[img], **args)
-    size = to_2tuple(args["img_size"])
-    # the network takes [0,1] pixels unless input_mean/std say how its input was normalised
-    model.pretrained_cfg = model.default_cfg = {
-        "architecture": name, "input_size": (args.get("in_chans", 3), *size),
-        "num_classes": args["num_classes"], "mean": None, "std": None,
-    }
-    return model
+    return prefix, name.removeprefix(prefix)
 
 
-def _entry(name: str):
-    def create(pretrained: bool = False, **kwargs) -> DrViT:
-        if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; start from a run with model.init=RUN_DIR")
-        return _build(name, kwargs)
+def _default_cfg(name: str) -> dict:
+    prefix, stem = _stem(name)
+    img = SIZES[stem][0]
+    first = "patch_embed.tokenizer.encoder.conv_in"  # the codes' first conv (frozen, a buffer)
+    return cfg(3, img, 10 if img == 32 else 1000, ("patch_embed.proj", first) if MODES[prefix] == "fusion" else first)
 
-    stem = name.removeprefix("drvit_discrete_").removeprefix("drvit_")
+
+default_cfgs = generate_default_cfgs({name: _default_cfg(name) for name in DRVIT_MODELS})
+
+
+def _fixed(name: str):
+    prefix, stem = _stem(name)
     img, patch, dim, depth, heads = SIZES[stem]
-    create.__name__ = name
-    create.__doc__ = (f"Dr.ViT ({DRVIT_MODELS[name]}) for {img}-px images: patch {patch}, width {dim}, "
-                      f"depth {depth}, {heads} heads.")
-    return create
+    return lambda kwargs: {"patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
+                           "mode": MODES[prefix], "name": name, "default_preset": DEFAULT_PRESETS[img]}
 
 
 for _name in DRVIT_MODELS:
-    register_model(_entry(_name))
+    _img, _patch, _dim, _depth, _heads = SIZES[_stem(_name)[1]]
+    register(__name__, _name, f"Dr.ViT ({DRVIT_MODELS[_name]}) for {_img}-px images: patch {_patch}, width {_dim}, "
+                              f"depth {_depth}, {_heads} heads.", DrViT, _fixed(_name))

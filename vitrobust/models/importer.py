@@ -127,6 +127,7 @@ def convert(found: Found, fmt_name: str | None = None, arch: str | None = None,
         raise CheckpointError(f"{found.source} ({fmt.name} format): {problem}")
     model.net.load_state_dict(layout.tensors)
     model.spec["preprocess"] = {"crop_pct": crop_pct, "interpolation": interpolation}
+    model.sync_pretrained_cfg()
     model.spec["imported"] = {"format": fmt.name, "file": Path(found.source).name, "notes": notes}
     if entry is not None:
         model.spec["zoo"] = entry.name

@@ -1,12 +1,16 @@
 """Small ViTs for 32-px inputs that train on a CPU, registered in timm's registry.
 
-After `import vitrobust`, `timm.create_model("vit_pico_patch8_32")` works for anyone.
+After `import vitrobust`, `timm.create_model("vit_pico_patch8_32")` works for anyone, with timm's whole
+contract (docs/architecture.md, "timm's contract"): `features_only`, `forward_intermediates`,
+`reset_classifier`, TorchScript, FX and `torch.export`.
 """
 
 from __future__ import annotations
 
-from timm.models import register_model
+from timm.models import generate_default_cfgs
 from timm.models.vision_transformer import VisionTransformer
+
+from vitrobust.models.timm_contract import cfg, register
 
 # name: (patch, embed_dim, depth, heads)
 SMALL_VITS = {
@@ -16,31 +20,16 @@ SMALL_VITS = {
     "vit_small_patch4_32": (4, 384, 12, 6),
 }
 
+default_cfgs = generate_default_cfgs({name: cfg(3, 32, 10, "patch_embed.proj") for name in SMALL_VITS})
 
-def _build(name: str, kwargs: dict) -> VisionTransformer:
+
+def _fixed(name: str):
     patch, dim, depth, heads = SMALL_VITS[name]
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    args = {"img_size": 32, "patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads,
-            "mlp_ratio": 4.0, "num_classes": 10, **kwargs}
-    model = VisionTransformer(**args)
-    model.pretrained_cfg = model.default_cfg = {
-        "architecture": name, "input_size": (args.get("in_chans", 3), args["img_size"], args["img_size"]),
-        "num_classes": args["num_classes"], "mean": None, "std": None,
-    }
-    return model
+    return lambda kwargs: {"patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0}
 
 
-def _entry(name: str):
-    def create(pretrained: bool = False, **kwargs) -> VisionTransformer:
-        if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; start from a run with model.init=RUN_DIR")
-        return _build(name, kwargs)
+for _name, (_patch, _dim, _depth, _heads) in SMALL_VITS.items():
+    register(__name__, _name, f"ViT for 32-px images: patch {_patch}, width {_dim}, depth {_depth}, {_heads} heads.",
+             VisionTransformer, _fixed(_name))
 
-    create.__name__ = name
-    create.__doc__ = f"ViT {SMALL_VITS[name]} (patch, width, depth, heads) for 32-px images."
-    return create
-
-
-for _name in SMALL_VITS:
-    register_model(_entry(_name))
+__all__ = ["SMALL_VITS"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from vitrobust.errors import InputError, ModelError
@@ -94,6 +95,27 @@ def resolve_arch(preset: str | None = None, **arch) -> dict[str, Any]:
     return out
 
 
+def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """[B, D, h, w] vectors, [K, D] codes -> [B, h, w] indices of the closest codes (Euclidean, fp32)."""
+    flat = z.permute(0, 2, 3, 1).flatten(0, 2).float()
+    e = codebook.float()
+    # |z - e|^2 = |z|^2 + |e|^2 - 2 z.e; |z|^2 is the same for every code, so it is left out.
+    distance = (e * e).sum(1) - 2 * flat @ e.t()
+    return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+
+def check_tokenizer_input(x01: torch.Tensor, in_chans: int, f: int) -> None:
+    """N x in_chans x H x W with H, W divisible by f, or a clear error. FX records it as one call instead of
+    tracing into it (its Python branch on the shape needs concrete values)."""
+    if x01.ndim != 4 or x01.shape[1] != in_chans or x01.shape[2] % f or x01.shape[3] % f:
+        raise InputError(f"the tokenizer takes N x {in_chans} x H x W images in [0,1] with H and W "
+                         f"divisible by {f}, got shape {tuple(x01.shape)}; resize the images or use a "
+                         f"tokenizer built for them")
+
+
+torch.fx.wrap("check_tokenizer_input")
+
+
 def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
@@ -130,7 +152,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = self.norm(x)
-        q, k, v = (conv(n).reshape(b, 1, c, h * w).transpose(2, 3) for conv in (self.q, self.k, self.v))
+        q = self.q(n).reshape(b, 1, c, h * w).transpose(2, 3)
+        k = self.k(n).reshape(b, 1, c, h * w).transpose(2, 3)
+        v = self.v(n).reshape(b, 1, c, h * w).transpose(2, 3)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v, as in taming
         return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
 
@@ -153,16 +177,53 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def _middle(channels: int, groups: int, dropout: float) -> nn.Module:
-    mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, groups, dropout)
-    mid.attn_1 = AttnBlock(channels, groups)
-    mid.block_2 = ResnetBlock(channels, channels, groups, dropout)
-    return mid
+class Middle(nn.Module):
+    """Res block, attention, res block at the lowest resolution (taming's `mid`)."""
+
+    def __init__(self, channels: int, groups: int, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, groups, dropout)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, groups, dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h)))
 
 
-def _run_middle(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    return mid.block_2(mid.attn_1(mid.block_1(h)))
+class Level(nn.Module):
+    """One resolution level: res blocks, each followed by attention where the layout puts it.
+
+    Levels without attention hold an `nn.Identity` per block in `attn` (no state-dict keys, so the taming
+    layout is unchanged): every block pairs with one attention entry, which TorchScript can iterate.
+    """
+
+    def __init__(self, blocks: list[nn.Module], attention: list[nn.Module]):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attention or [nn.Identity() for _ in blocks])
+
+    def blocks(self, h: torch.Tensor) -> torch.Tensor:
+        for block, attn in zip(self.block, self.attn):
+            h = attn(block(h))
+        return h
+
+
+class DownLevel(Level):
+    def __init__(self, blocks: list[nn.Module], attention: list[nn.Module], downsample: nn.Module):
+        super().__init__(blocks, attention)
+        self.downsample = downsample
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.blocks(h))
+
+
+class UpLevel(Level):
+    def __init__(self, blocks: list[nn.Module], attention: list[nn.Module], upsample: nn.Module):
+        super().__init__(blocks, attention)
+        self.upsample = upsample
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.upsample(self.blocks(h))
 
 
 class Encoder(nn.Module):
@@ -173,31 +234,24 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         res, cin = a["resolution"], ch
         for level, m in enumerate(mult):
-            stage = nn.Module()
-            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            blocks, attention = [], []
             for _ in range(a["num_res_blocks"]):
-                stage.block.append(ResnetBlock(cin, ch * m, g, p))
+                blocks.append(ResnetBlock(cin, ch * m, g, p))
                 cin = ch * m
                 if res in a["attn_resolutions"]:
-                    stage.attn.append(AttnBlock(cin, g))
-            if level != len(mult) - 1:
-                stage.downsample = Downsample(cin)
-                res //= 2
-            self.down.append(stage)
-        self.mid = _middle(cin, g, p)
+                    attention.append(AttnBlock(cin, g))
+            last = level == len(mult) - 1
+            self.down.append(DownLevel(blocks, attention, nn.Identity() if last else Downsample(cin)))
+            res = res if last else res // 2
+        self.mid = Middle(cin, g, p)
         self.norm_out = nn.GroupNorm(g, cin, eps=1e-6)
         self.conv_out = nn.Conv2d(cin, a["z_channels"], 3, padding=1)  # taming's VQGANs use double_z=False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for stage in self.down:
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[i](h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
-        return self.conv_out(swish(self.norm_out(_run_middle(self.mid, h))))
+        for level in self.down:
+            h = level(h)
+        return self.conv_out(swish(self.norm_out(self.mid(h))))
 
 
 class Decoder(nn.Module):
@@ -207,36 +261,45 @@ class Decoder(nn.Module):
         cin = ch * mult[-1]
         res = a["resolution"] // 2 ** (len(mult) - 1)
         self.conv_in = nn.Conv2d(a["z_channels"], cin, 3, padding=1)
-        self.mid = _middle(cin, g, p)
+        self.mid = Middle(cin, g, p)
         stages = []
         for level in reversed(range(len(mult))):
-            stage = nn.Module()
-            stage.block, stage.attn = nn.ModuleList(), nn.ModuleList()
+            blocks, attention = [], []
             for _ in range(a["num_res_blocks"] + 1):
-                stage.block.append(ResnetBlock(cin, ch * mult[level], g, p))
+                blocks.append(ResnetBlock(cin, ch * mult[level], g, p))
                 cin = ch * mult[level]
                 if res in a["attn_resolutions"]:
-                    stage.attn.append(AttnBlock(cin, g))
-            if level != 0:
-                stage.upsample = Upsample(cin)
-                res *= 2
-            stages.insert(0, stage)  # up[0] is the full-resolution stage, as in taming
-        self.up = nn.ModuleList(stages)
+                    attention.append(AttnBlock(cin, g))
+            stages.append(UpLevel(blocks, attention, Upsample(cin) if level else nn.Identity()))
+            res = res * 2 if level else res
+        # in the order they run (TorchScript cannot iterate a ModuleList backwards); state dicts use taming's
+        # `up.{i}` keys, where up[0] is the full-resolution stage
+        self.levels = nn.ModuleList(stages)
+        self.register_state_dict_post_hook(self._to_taming_keys)
+        self.register_load_state_dict_pre_hook(self._from_taming_keys)
         self.norm_out = nn.GroupNorm(g, cin, eps=1e-6)
         self.conv_out = nn.Conv2d(cin, a["out_ch"], 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = _run_middle(self.mid, self.conv_in(z))
-        for stage in reversed(self.up):
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn):
-                    h = stage.attn[i](h)
-            if hasattr(stage, "upsample"):
-                h = stage.upsample(h)
+        h = self.mid(self.conv_in(z))
+        for level in self.levels:
+            h = level(h)
         return self.conv_out(swish(self.norm_out(h)))
 
+    @staticmethod
+    def _to_taming_keys(module, state_dict, prefix, local_metadata) -> None:
+        n = len(module.levels)
+        for k in range(n):
+            _rename(state_dict, f"{prefix}levels.{k}.", f"{prefix}up.{n - 1 - k}.")
 
+    @staticmethod
+    def _from_taming_keys(module, state_dict, prefix, *args) -> None:
+        n = len(module.levels)
+        for i in range(n):
+            _rename(state_dict, f"{prefix}up.{i}.", f"{prefix}levels.{n - 1 - i}.")
+
+
+@register_notrace_module  # FX keeps the search as one call (its eager path chunks and checks autocast)
 class VectorQuantizer(nn.Module):
     """The codebook (taming's `quantize.embedding`) and nearest-code search by Euclidean distance."""
 
@@ -248,20 +311,26 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
 
-    @torch.no_grad()
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, D, h, w] vectors -> [B, h, w] indices of the closest codes.
+
+        Eager: chunked over rows and in fp32 even under autocast. Scripted or compiled (torch.export,
+        ONNX): one distance matrix, so the graph has no data-dependent chunk count.
+        """
+        if torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return nearest_codes(z, self.embedding.weight)
+        return self.nearest(z)
+
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """[B, D, h, w] vectors -> [B, h, w] indices of the closest codes."""
-        b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()
-        e = self.embedding.weight.float()
-        e_sq = (e * e).sum(1)
-        rows = max(1, self.CHUNK // e.shape[0])
-        # |z - e|^2 = |z|^2 + |e|^2 - 2 z.e; |z|^2 is the same for every code, so it is left out.
-        # fp32 even under autocast: a bf16 product would pick other codes than the fp32 reference
-        fp32 = torch.amp.is_autocast_available(z.device.type)  # not on the meta device
-        with torch.autocast(z.device.type, enabled=False) if fp32 else contextlib.nullcontext():
-            idx = [torch.argmin(e_sq - 2 * part @ e.t(), dim=1) for part in flat.split(rows)]
-        return torch.cat(idx).view(b, h, w)
+        with torch.no_grad():
+            b, d, h, w = z.shape
+            e = self.embedding.weight
+            rows = max(1, self.CHUNK // e.shape[0])
+            # fp32 even under autocast: a bf16 product would pick other codes than the fp32 reference
+            fp32 = torch.amp.is_autocast_available(z.device.type)  # not on the meta device
+            with torch.autocast(z.device.type, enabled=False) if fp32 else contextlib.nullcontext():
+                idx = [nearest_codes(part, e).flatten() for part in z.split(max(1, rows // (h * w)))]
+            return torch.cat(idx).view(b, h, w)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """[B, h, w] indices -> [B, D, h, w] codebook vectors."""
@@ -302,21 +371,15 @@ class VQTokenizer(nn.Module):
     def extra_repr(self) -> str:
         return f"f={self.downsample}, codes={self.n_embed}x{self.embed_dim}, in_chans={self.in_chans}"
 
-    def _check(self, x01: torch.Tensor) -> None:
-        f = self.downsample
-        if x01.ndim != 4 or x01.shape[1] != self.in_chans or x01.shape[2] % f or x01.shape[3] % f:
-            raise InputError(f"the tokenizer takes N x {self.in_chans} x H x W images in [0,1] with H and W "
-                             f"divisible by {f}, got shape {tuple(x01.shape)}; resize the images or use a "
-                             f"tokenizer built for them")
-
     def latent(self, x01: torch.Tensor) -> torch.Tensor:
         """The continuous pre-quantisation vectors z [B, embed_dim, H/f, W/f] (with gradient)."""
-        self._check(x01)
+        if not torch.jit.is_scripting():
+            check_tokenizer_input(x01, self.in_chans, self.downsample)
         return self.quant_conv(self.encoder(x01 * self._scale + self._shift))
 
-    @torch.no_grad()
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.codebook.nearest(self.latent(x01))
+        with torch.no_grad():
+            return self.codebook(self.latent(x01))
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         return self.codebook.lookup(indices)
@@ -324,14 +387,16 @@ class VQTokenizer(nn.Module):
     def quantize(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.straight_through:
             z = self.latent(x01)
-            indices = self.codebook.nearest(z)
+            indices = self.codebook(z)
             return z + (self.codes(indices) - z).detach(), indices
         indices = self.encode(x01)  # no graph through the encoder: the code choice has no gradient anyway
         return self.codes(indices), indices
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """Codebook vectors -> images on the [0,1] scale (not clamped)."""
-        return (self.decoder(self.post_quant_conv(z_q)) - self._shift) / self._scale
+        if hasattr(self, "decoder"):  # static under TorchScript: an encoder-only tokenizer still scripts
+            return (self.decoder(self.post_quant_conv(z_q)) - self._shift) / self._scale
+        raise RuntimeError("this tokenizer has no decoder (a Dr.ViT keeps only the encoder and codebook)")
 
     def reconstruct(self, x01: torch.Tensor) -> torch.Tensor:
         return self.decode(self.quantize(x01)[0]).clamp(0, 1)

@@ -1,12 +1,15 @@
 """XCiT-M12 and XCiT-L12, the two larger models of "A Light Recipe to Train Robust Vision Transformers"
 (Debenedetti et al.), registered in timm's registry (timm ships XCiT-S12 as `xcit_small_12_p16_224`
 but only 24-block M and L models). Same family as S12: patch 16, 12 blocks, eta 1.0, tokens_norm.
+The recipe's models take [0,1] pixels without normalisation, resized bicubic without a crop.
 """
 
 from __future__ import annotations
 
-from timm.models import register_model
+from timm.models import generate_default_cfgs
 from timm.models.xcit import Xcit
+
+from vitrobust.models.timm_contract import cfg, register
 
 # name: (embed_dim, heads)
 LIGHT_XCITS = {
@@ -14,33 +17,18 @@ LIGHT_XCITS = {
     "xcit_large_12_p16_224": (768, 16),
 }
 
+default_cfgs = generate_default_cfgs({name: cfg(3, 224, 1000, "patch_embed.proj.0.0", interpolation="bicubic")
+                                      for name in LIGHT_XCITS})
 
-def _entry(name: str):
+
+def _fixed(name: str):
     dim, heads = LIGHT_XCITS[name]
-
-    def create(pretrained: bool = False, **kwargs) -> Xcit:
-        if pretrained:
-            raise ValueError(f"{name} has no weights to download here; import the released file with "
-                             f"`vitrobust import FILE --zoo ...`")
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
-        args = {"patch_size": 16, "embed_dim": dim, "depth": 12, "num_heads": heads, "eta": 1.0,
-                "tokens_norm": True, **kwargs}
-        model = Xcit(**args)
-        size = args.get("img_size", 224)
-        model.pretrained_cfg = model.default_cfg = {
-            "architecture": name, "input_size": (args.get("in_chans", 3), size, size),
-            "num_classes": args.get("num_classes", 1000), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0),
-            "interpolation": "bicubic", "crop_pct": 1.0,
-        }
-        return model
-
-    create.__name__ = name
-    create.__doc__ = f"XCiT patch 16, 12 blocks, width {dim}, {heads} heads (the light recipe's M/L models)."
-    return create
+    return lambda kwargs: {"patch_size": 16, "embed_dim": dim, "depth": 12, "num_heads": heads, "eta": 1.0,
+                           "tokens_norm": True}
 
 
-for _name in LIGHT_XCITS:
-    register_model(_entry(_name))
+for _name, (_dim, _heads) in LIGHT_XCITS.items():
+    register(__name__, _name, f"XCiT patch 16, 12 blocks, width {_dim}, {_heads} heads (the light recipe's M/L models).",
+             Xcit, _fixed(_name))
 
 __all__ = ["LIGHT_XCITS"]

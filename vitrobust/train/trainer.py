@@ -19,6 +19,7 @@ from vitrobust.distributed import any_true, barrier, setup_distributed
 from vitrobust.errors import CheckpointError, ConfigError
 from vitrobust.evaluate.core import EvalContext, clean
 from vitrobust.models import count_params, create_model
+from vitrobust.models.frozen import frozen_tensors
 from vitrobust.objectives import ObjectiveContext, TrainState, build_objective
 from vitrobust.results import MetricsLog
 from vitrobust.train.loop import (
@@ -71,7 +72,7 @@ class Trainer:
         a = cfg.augment
         self.erasing = RandomErasing(a.random_erasing, mode="pixel", device=str(self.device)) if a.random_erasing else None
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
-        self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+        self.ddp = self._wrap_ddp() if self.dist.enabled else self.model
         self.metrics = MetricsLog(self.run_dir, enabled=self.dist.main)
         self.state = TrainState(epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch, model=self.model)
         self.best = -math.inf
@@ -83,6 +84,14 @@ class Trainer:
             self._load_checkpoint()
 
     # --- setup ------------------------------------------------------------------------------
+
+    def _wrap_ddp(self) -> DistributedDataParallel:
+        """DDP that does not broadcast frozen weights (a Dr.ViT's tokenizer) at every step: every rank
+        built them from the same file, and they never change."""
+        frozen = [name for name, _ in frozen_tensors(self.model)]
+        if frozen:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
+        return DistributedDataParallel(self.model)
 
     def _write_config(self, resume: bool) -> None:
         """Written once everything was built from it, so a config that fails leaves no run behind."""
