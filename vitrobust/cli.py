@@ -141,6 +141,20 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from vitrobust.export import export_timm
+
+    out = export_timm(args.source, args.out, ema=args.ema, overwrite=args.overwrite)
+    say(f"wrote {out}/config.json and model.safetensors (timm's Hub layout; checked: it gives the run's logits)",
+        "load it:",
+        "  import timm, vitrobust  # vitrobust only registers its own architectures; timm's need timm alone",
+        f"  model = timm.create_model('local-dir:{out}', pretrained=True).eval()",
+        "  transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))",
+        f"publish it: hf upload USER/NAME {out}  (then timm.create_model('hf-hub:USER/NAME', "
+        f"pretrained=True))")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     from vitrobust.zoo import ZOO, describe
 
@@ -268,6 +282,16 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--trust", action="store_true", help="read a file that pickles objects besides tensors "
                                                         "(they are read as inert placeholders, nothing runs)")
     i.set_defaults(func=cmd_import)
+
+    xp = sub.add_parser("export", help="write a run or weights file as a model folder timm loads "
+                                       "(timm.create_model('local-dir:DIR', pretrained=True))")
+    xp.add_argument("source", help="a run directory or its .safetensors weights file")
+    xp.add_argument("--format", choices=["timm"], default="timm", help="timm: the Hugging Face Hub folder timm "
+                    "reads (config.json + model.safetensors)")
+    xp.add_argument("--out", required=True, help="the folder to write")
+    xp.add_argument("--ema", action="store_true", help="export the run's EMA weights (ema.safetensors)")
+    xp.add_argument("--overwrite", action="store_true", help="replace a folder that is not empty")
+    xp.set_defaults(func=cmd_export)
 
     z = sub.add_parser("zoo", help="list the released models with published numbers")
     z.add_argument("entry", nargs="?", help="show one entry in full")
