@@ -18,6 +18,7 @@ from timm.data import resolve_data_config
 from vitrobust.errors import CheckpointError
 from vitrobust.export import export_timm
 from vitrobust.models import load_model
+from vitrobust.models.timm_contract import resize_rule
 from vitrobust.models.tokenizer_io import save_tokenizer
 from vitrobust.models.vqgan import build_tokenizer
 
@@ -103,6 +104,12 @@ def test_the_network_carries_the_runs_preprocessing_and_the_wrapper_takes_pixels
     net_data = resolve_data_config(model=model.net)
     assert net_data["mean"] == (0.25,) and net_data["std"] == (0.5,) and net_data["input_size"] == (1, 32, 32)
     assert resolve_data_config(model=model)["mean"] == (0.0,)  # ImageClassifier normalises inside
+    assert net_data["crop_pct"] == 1.0 and net_data["interpolation"] == "bilinear"  # Fashion-MNIST: no crop
+
+    ruled = load_model(untrained_run(tmp_path / "ruled", SPEC, "data.crop_pct=0.9", "data.interpolation=bicubic"))
+    data = resolve_data_config(model=ruled.net)  # the run's own evaluation resize rule
+    assert data["crop_pct"] == 0.9 and data["interpolation"] == "bicubic"
+    assert resize_rule({}, "data: {name: imagenet}") == {"crop_pct": 0.875, "interpolation": "bilinear"}
 
 
 def test_a_folder_is_never_overwritten_and_a_failed_check_leaves_nothing(tmp_path, monkeypatch):

@@ -1,8 +1,6 @@
 """Models leaving vitrobust: a run or weights file written in a format other tools load (docs/architecture.md,
 "Export"). `export_timm` writes the Hugging Face Hub folder timm reads (`timm.create_model('local-dir:DIR')`)."""
 
-from vitrobust.export.timm_folder import export_timm, timm_preprocessing
+from vitrobust.export.timm_folder import export_timm
 
-FORMATS = ("timm",)
-
-__all__ = ["FORMATS", "export_timm", "timm_preprocessing"]
+__all__ = ["export_timm"]

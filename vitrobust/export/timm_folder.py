@@ -15,7 +15,6 @@ from pathlib import Path
 
 import timm
 import torch
-import yaml
 from timm.models import save_for_hf
 
 from vitrobust.errors import CheckpointError
@@ -25,18 +24,6 @@ from vitrobust.models.classifier import ImageClassifier
 # model_args that only make sense on the machine that trained the run: the tokenizer comes from the weights
 LOCAL_ARGS = ("tokenizer", "trust_tokenizer", "tokenizer_preset")
 MAX_DIFF = 1e-4  # largest logit difference between the run and the folder loaded by timm
-IMAGENET_RULE = {"crop_pct": 0.875, "interpolation": "bilinear"}  # torchvision's Resize(256) + CenterCrop(224)
-
-
-def timm_preprocessing(model: ImageClassifier) -> dict:
-    """The resize rule the model was evaluated with: an imported file's own, else its run's data config."""
-    pre = dict(model.spec.get("preprocess") or {})
-    if pre.get("crop_pct") and pre.get("interpolation"):
-        return pre
-    data = (yaml.safe_load(getattr(model, "run_config", "") or "") or {}).get("data", {})
-    default = IMAGENET_RULE if data.get("name") == "imagenet" else {"crop_pct": 1.0, "interpolation": "bilinear"}
-    return {"crop_pct": data.get("crop_pct") or default["crop_pct"],
-            "interpolation": data.get("interpolation") or default["interpolation"]}
 
 
 def _model_args(model: ImageClassifier) -> dict:
@@ -57,10 +44,7 @@ def export_timm(source: str | Path, out: str | Path, *, ema: bool = False, overw
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(f"{out} exists and is not empty: choose another --out, or add --overwrite")
     model = load_model(source, ema=ema)
-    net = model.net
-    pre = timm_preprocessing(model)
-    model.spec["preprocess"] = pre
-    model.sync_pretrained_cfg()
+    net = model.net  # its pretrained cfg holds the run's normalisation and resize rule (load_model)
     net._model_args = _model_args(model)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -93,4 +77,4 @@ def _check_round_trip(model: ImageClassifier, folder: Path) -> None:
         raise CheckpointError(f"the timm folder does not reproduce the run's logits ({problem}); nothing was written")
 
 
-__all__ = ["export_timm", "timm_preprocessing"]
+__all__ = ["export_timm"]

@@ -52,10 +52,11 @@ class ImageClassifier(nn.Module):
         self.input_shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
         self.sync_pretrained_cfg()
 
-    def sync_pretrained_cfg(self) -> None:
+    def sync_pretrained_cfg(self, rule: dict | None = None) -> None:
         """Give the network timm's pretrained cfg of what it was built for (input size, classes, the
-        normalisation of its input, the resize rule in spec["preprocess"]); call again after changing the spec."""
-        self.net.pretrained_cfg = self.net.default_cfg = run_pretrained_cfg(self.net, self.spec)
+        normalisation of its input, the resize `rule`, default spec["preprocess"]); call again after
+        changing the spec."""
+        self.net.pretrained_cfg = self.net.default_cfg = run_pretrained_cfg(self.net, self.spec, rule)
 
     @property
     def pretrained_cfg(self) -> dict:

@@ -153,6 +153,10 @@ class DiscreteTokenEmbed(nn.Module):
         if mode == "fusion":
             if pixel_channels == "auto":  # easyrobust's port: the pixels fill what the codes leave
                 pixel_channels = embed_dim - code_dim
+            if code_dim >= embed_dim:
+                raise ModelError(f"the tokenizer's {code_dim} code channels leave no room for pixel channels in "
+                                 f"embed_dim={embed_dim}: use a wider model (embed_dim > {code_dim}), a tokenizer with "
+                                 f"fewer code channels, or the discrete-only model (drvit_discrete_*)")
             if not isinstance(pixel_channels, int) or pixel_channels < 1 or pixel_channels + code_dim > embed_dim:
                 raise ModelError(f"pixel_channels={pixel_channels!r} plus the {code_dim} code channels must fit "
                                  f"embed_dim={embed_dim}: use 1..{embed_dim - code_dim} or 'auto'")

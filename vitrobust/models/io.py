@@ -13,6 +13,7 @@ from vitrobust.errors import CheckpointError
 from vitrobust.models.build import build_model
 from vitrobust.models.classifier import ImageClassifier
 from vitrobust.models.formats import find_format, read_checkpoint
+from vitrobust.models.timm_contract import resize_rule
 
 
 def weights_file(path: str | Path, ema: bool = False) -> Path:
@@ -54,6 +55,7 @@ def load_model(path: str | Path, *, ema: bool = False, device: str | torch.devic
                               f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
     model.load_state_dict(tensors)
     model.run_config = meta.get("config", "")
+    model.sync_pretrained_cfg(resize_rule(model.spec, model.run_config))  # timm's data config: the run's rule
     return model.eval().to(device)
 
 

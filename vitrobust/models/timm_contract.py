@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import yaml
 from timm.models import build_model_with_cfg, register_model
 
 NO_WEIGHTS = ("{name} has no weights to download; start from a run (model.init=RUN_DIR), load a run exported "
@@ -54,12 +55,27 @@ def register(module: str, name: str, doc: str, model_cls: type, fixed: Callable[
     register_model(create)
 
 
-def run_pretrained_cfg(net, spec: dict) -> dict:
+IMAGENET_RULE = {"crop_pct": 0.875, "interpolation": "bilinear"}  # torchvision's Resize(256) + CenterCrop(224)
+
+
+def resize_rule(spec: dict, run_config: str = "") -> dict:
+    """How test images are resized for the model: an imported file's own rule (spec["preprocess"]), else its
+    run's data config (data.crop_pct / data.interpolation; ImageNet's 0.875 bilinear, else a plain resize)."""
+    pre = dict(spec.get("preprocess") or {})
+    if pre.get("crop_pct") and pre.get("interpolation"):
+        return pre
+    data = (yaml.safe_load(run_config or "") or {}).get("data") or {}
+    default = IMAGENET_RULE if data.get("name") == "imagenet" else {"crop_pct": 1.0, "interpolation": "bilinear"}
+    return {"crop_pct": data.get("crop_pct") or default["crop_pct"],
+            "interpolation": data.get("interpolation") or default["interpolation"]}
+
+
+def run_pretrained_cfg(net, spec: dict, rule: dict | None = None) -> dict:
     """The network's pretrained cfg with what a vitrobust run trained it on: input size, classes, the
-    normalisation the network's input has (mean 0 / std 1 where none), the evaluation resize rule."""
+    normalisation the network's input has (mean 0 / std 1 where none), the resize rule (`resize_rule`)."""
     base = dict(getattr(net, "pretrained_cfg", None) or {})
     chans, size = spec["in_chans"], spec["img_size"]
-    pre = spec.get("preprocess") or {}
+    pre = rule or resize_rule(spec)
     base.update({
         "architecture": spec["name"], "num_classes": spec["num_classes"], "input_size": (chans, size, size),
         "mean": tuple(spec.get("mean") or (0.0,) * chans), "std": tuple(spec.get("std") or (1.0,) * chans),
@@ -72,4 +88,4 @@ def run_pretrained_cfg(net, spec: dict) -> dict:
     return base
 
 
-__all__ = ["cfg", "register", "run_pretrained_cfg"]
+__all__ = ["cfg", "register", "resize_rule", "run_pretrained_cfg"]
