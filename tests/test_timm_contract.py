@@ -74,7 +74,7 @@ def test_features_intermediates_head_and_classifier_reset(name):
     x = images(model, 1)
     final, inter = model.forward_intermediates(x)
     assert torch.allclose(final, model.forward_features(x))
-    grid = model.pretrained_cfg["input_size"][-1] // model.patch_embed.feat_ratio()
+    grid = model.pretrained_cfg["input_size"][-1] // model.feature_info[-1]["reduction"]
     assert [tuple(t.shape) for t in inter][-1] == (1, model.embed_dim, grid, grid)
 
     feats = create(name, features_only=True)
