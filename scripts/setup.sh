@@ -15,8 +15,8 @@ fi
 stamp=.venv/.vitrobust-setup
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import vitrobust" >/dev/null 2>&1; then
-  echo "setup: installing vitrobust[dev] into .venv (torch==2.14.1, torchvision==0.29.1, timm, ...)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "setup: installing vitrobust[dev,deploy] into .venv (torch==2.14.1, torchvision==0.29.1, timm, ...)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,deploy]' 2> >(grep -v "is ignored: it is neither" >&2)
   echo "$want" > "$stamp"
 fi
 

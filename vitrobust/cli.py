@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vitrobust.config import CONFIG_DIR, load_config
 from vitrobust.distributed import current, shutdown
-from vitrobust.errors import UserError
+from vitrobust.errors import ConfigError, UserError
 
 USER_ERRORS = (UserError, FileExistsError, FileNotFoundError)
 
@@ -142,8 +142,12 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "onnx":
+        return export_onnx_cmd(args)
     from vitrobust.export import export_timm
 
+    if args.quantize:
+        raise ConfigError("--quantize applies to --format onnx; a timm folder holds the run's own weights")
     out = export_timm(args.source, args.out, ema=args.ema, overwrite=args.overwrite)
     say(f"wrote {out}/config.json and model.safetensors (timm's Hub layout; checked: it gives the run's logits)",
         "load it:",
@@ -152,6 +156,25 @@ def cmd_export(args) -> int:
         "  transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))",
         f"publish it: hf upload USER/NAME {out}  (then timm.create_model('hf-hub:USER/NAME', "
         f"pretrained=True))")
+    return 0
+
+
+def export_onnx_cmd(args) -> int:
+    from vitrobust.export import export_onnx
+
+    card = export_onnx(args.source, args.out, ema=args.ema, quantize=args.quantize, check=args.check,
+                       calibration=args.calibration, overrides=args.overrides, overwrite=args.overwrite)
+    eq, files = card["equivalence"], card["files"]
+    lines = [f"wrote {args.out} ({files['fp32']['bytes'] / 1e6:.2f} MB, opset {card['opset']}): [0,1] float "
+             f"images N x {' x '.join(map(str, card['input']['shape'][1:]))} in, logits out",
+             f"  checked on {eq['fp32']['images']} test images: max logit difference vs PyTorch "
+             f"{eq['fp32']['max_abs_logit_diff']:.1e}, top-1 agreement {100 * eq['fp32']['top1_agreement']:.1f}%"]
+    if "int8" in files:
+        lines.append(f"wrote {files['int8']['file']} ({files['int8']['bytes'] / 1e6:.2f} MB): top-1 agreement with "
+                     f"fp32 {100 * eq['int8']['top1_agreement_with_fp32']:.1f}%")
+    card_file = Path(args.out).with_suffix("").name + ".card.md"
+    say(*lines, f"model card: {Path(args.out).with_name(card_file)} (and .card.json)",
+        "run it: onnxruntime.InferenceSession(FILE).run(['logits'], {'images': x})")
     return 0
 
 
@@ -284,11 +307,18 @@ def parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_import)
 
     xp = sub.add_parser("export", help="write a run or weights file as a model folder timm loads "
-                                       "(timm.create_model('local-dir:DIR', pretrained=True))")
+                                       "(timm.create_model('local-dir:DIR', pretrained=True)) or as ONNX")
     xp.add_argument("source", help="a run directory or its .safetensors weights file")
-    xp.add_argument("--format", choices=["timm"], default="timm", help="timm: the Hugging Face Hub folder timm "
-                    "reads (config.json + model.safetensors)")
-    xp.add_argument("--out", required=True, help="the folder to write")
+    xp.add_argument("--format", choices=["timm", "onnx"], default="timm", help="timm: the Hugging Face Hub folder "
+                    "timm reads (config.json + model.safetensors); onnx: FILE.onnx, [0,1] images in, logits out, "
+                    "checked against PyTorch on test images, with FILE.card.md/json")
+    xp.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
+    xp.add_argument("--quantize", choices=["int8"], help="onnx: also FILE.int8.onnx, onnxruntime's static "
+                    "quantisation calibrated on training images (top-1 agreement with fp32 >= 99%% checked)")
+    xp.add_argument("--check", type=int, default=256, help="onnx: test images the equivalence is checked on")
+    xp.add_argument("--calibration", type=int, default=256, help="onnx --quantize: training images to calibrate on")
+    xp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the run's data config for the check images (e.g. data.root=...)")
     xp.add_argument("--ema", action="store_true", help="export the run's EMA weights (ema.safetensors)")
     xp.add_argument("--overwrite", action="store_true", help="replace a folder that is not empty")
     xp.set_defaults(func=cmd_export)

@@ -1,0 +1,171 @@
+"""A run as an ONNX file that any runtime runs: [0,1] float NCHW images in (normalisation inside the
+graph, as in PyTorch), logits out, dynamic batch; optionally int8 by onnxruntime's static quantisation.
+
+The file is checked on the run's test images before it is kept: fp32 logits within 1e-4 of PyTorch
+and the same top-1 on every image; int8 top-1 agreeing with fp32 on >= 99%. A failed check is an
+error and leaves no file. A model card (JSON and Markdown) is written beside it (export/card.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitrobust.config import config_for_run
+from vitrobust.data import BatchLoader, load_split
+from vitrobust.data.base import ImageSet
+from vitrobust.errors import CheckpointError, UserError
+from vitrobust.export.card import write_card
+from vitrobust.models import load_model
+from vitrobust.models.classifier import ImageClassifier
+
+OPSET = 18
+MAX_DIFF = 1e-4  # fp32 file vs PyTorch: largest logit difference
+MIN_INT8_AGREEMENT = 0.99  # int8 file vs fp32 file: share of images with the same top-1
+BATCH = 64
+INT8_OPS = ("MatMul", "Gemm", "Conv")
+
+
+def _needs_runtime():
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"ONNX export needs the deploy extra ({err.name} is missing): pip install 'vitrobust[deploy]' "
+                        f"(scripts/setup.sh installs it)") from None
+
+
+def _sample(model: ImageClassifier, overrides: list[str], split: str, n: int) -> ImageSet:
+    """A balanced sample of n images of the run's dataset (its config, then --set overrides)."""
+    cfg = config_for_run(getattr(model, "run_config", ""), overrides)
+    return load_split(cfg.data, split).subset(n, cfg.data.subset_seed)
+
+
+def _batches(data: ImageSet, model: ImageClassifier) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) batches as float32 [0,1] NCHW arrays."""
+    for batch in BatchLoader(data, BATCH, torch.device("cpu"), train=False, img_size=model.input_shape[-1]):
+        yield batch.x.numpy().astype(np.float32), batch.y.numpy()
+
+
+def _to_onnx(model: ImageClassifier, path: Path) -> None:
+    x = torch.rand(2, *model.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                        dynamic_shapes={"x": {0: batch}}, opset_version=OPSET, verbose=False)
+        program.save(str(path))
+    except Exception as err:  # torch's exporter names the op or module it could not take
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        raise CheckpointError(f"{model.spec['name']} cannot be exported to ONNX: {lines[0] if lines else type(err).__name__}"
+                              ) from None
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_fp32(model: ImageClassifier, path: Path, batches) -> dict:
+    """Logits of the file vs PyTorch on the check images: max abs difference, top-1 agreement."""
+    session, diff, same, n = _session(path), 0.0, 0, 0
+    for x, _ in batches:
+        got = session.run(["logits"], {"images": x})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        diff = max(diff, float(np.abs(got - want).max()))
+        same += int((got.argmax(1) == want.argmax(1)).sum())
+        n += len(x)
+    return {"images": n, "max_abs_logit_diff": diff, "top1_agreement": same / max(n, 1)}
+
+
+def check_int8(fp32: Path, int8: Path, batches) -> dict:
+    a, b = _session(fp32), _session(int8)
+    same = n = 0
+    for x, _ in batches:
+        same += int((a.run(["logits"], {"images": x})[0].argmax(1) == b.run(["logits"], {"images": x})[0].argmax(1)).sum())
+        n += len(x)
+    return {"images": n, "top1_agreement_with_fp32": same / max(n, 1)}
+
+
+def quantize_int8(fp32: Path, out: Path, calibration) -> None:
+    """Post-training static quantisation (QDQ, per-channel int8 weights, uint8 activations) of the matrix
+    products with onnxruntime, calibrated on training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = ({"images": x} for x, _ in calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out.with_name(out.name + ".pre.onnx")
+    quiet = logging.getLogger()  # the quantiser logs per-tensor notes on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # the matrix products carry the compute; norms and softmax stay fp32 (their int8 error costs accuracy)
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=list(INT8_OPS))
+    finally:
+        quiet.setLevel(level)
+        prepared.unlink(missing_ok=True)
+
+
+def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quantize: str | None = None,
+                check: int = 256, calibration: int = 256, overrides: list[str] | None = None,
+                overwrite: bool = False) -> dict:
+    """Write `out` (.onnx; with quantize='int8' also OUT.int8.onnx) and its card; returns the card."""
+    _needs_runtime()
+    out = Path(out)
+    int8 = out.with_name(out.stem + ".int8.onnx") if quantize == "int8" else None
+    targets = [p for p in (out, int8) if p is not None]
+    if not overwrite and any(p.exists() for p in targets):
+        raise CheckpointError(f"{', '.join(str(p) for p in targets if p.exists())} exists: choose another --out, "
+                              f"or add --overwrite")
+    model = load_model(source, ema=ema).float().eval()
+    overrides = list(overrides or [])
+    test = _sample(model, overrides, "test", check)  # before anything is written: data errors come first
+    check_set = list(_batches(test, model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = {p: p.with_name(f".{p.name}.tmp") for p in targets}
+    try:
+        _to_onnx(model, tmp[out])
+        figures = {"fp32": check_fp32(model, tmp[out], check_set)}
+        f = figures["fp32"]
+        if f["max_abs_logit_diff"] > MAX_DIFF or f["top1_agreement"] < 1.0:
+            raise CheckpointError(f"the ONNX file does not match PyTorch on {f['images']} test images: max logit "
+                                  f"difference {f['max_abs_logit_diff']:.2e} (limit {MAX_DIFF:g}), top-1 agreement "
+                                  f"{100 * f['top1_agreement']:.2f}%; nothing was written")
+        if int8 is not None:
+            quantize_int8(tmp[out], tmp[int8], _batches(_sample(model, overrides, "train", calibration), model))
+            figures["int8"] = check_int8(tmp[out], tmp[int8], check_set)
+            agree = figures["int8"]["top1_agreement_with_fp32"]
+            if agree < MIN_INT8_AGREEMENT:
+                raise CheckpointError(f"the int8 file agrees with fp32 on {100 * agree:.1f}% of {figures['int8']['images']} "
+                                      f"test images (at least {100 * MIN_INT8_AGREEMENT:g}% needed): calibrate on more "
+                                      f"images (--calibration) or ship the fp32 file; nothing was written")
+        for p in targets:
+            os.replace(tmp[p], p)
+    finally:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+    return write_card(model, source, out, int8, figures, opset=OPSET, calibration=calibration if int8 else None,
+                      classes=list(test.classes))
+
+
+__all__ = ["MAX_DIFF", "MIN_INT8_AGREEMENT", "OPSET", "export_onnx"]
