@@ -117,35 +117,26 @@ def test_drvit_tokenizer_is_frozen_state_not_parameters(name):
     assert moved.patch_embed.tokenizer.encoder.conv_in.weight.dtype == torch.float64  # .to() still moves it
 
 
+def assert_scripts_traces_and_exports(module: torch.nn.Module, x: torch.Tensor, x_other_batch: torch.Tensor) -> None:
+    """TorchScript, FX (timm's tracer settings) and torch.export (dynamic batch) give the eager outputs."""
+    with torch.no_grad():
+        want = module(x)
+        assert torch.allclose(torch.jit.script(module)(x), want, atol=1e-5)
+        tracer = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
+        _, nodes = get_graph_node_names(module, tracer_kwargs=tracer)
+        fx = create_feature_extractor(module, return_nodes=[nodes[-1]], tracer_kwargs=tracer)
+        assert torch.equal(next(iter(fx(x).values())), want)
+    program = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=512)},))
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x_other_batch), module(x_other_batch), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript_fx_and_export_give_the_eager_outputs(name):
     model = create(name)  # scriptable without timm's set_scriptable (nothing here depends on it)
-    x = images(model)
-    with torch.no_grad():
-        want = model(x)
-        assert torch.allclose(torch.jit.script(model)(x), want, atol=1e-5)
-
-        tracer = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
-        _, nodes = get_graph_node_names(model, tracer_kwargs=tracer)
-        fx = create_feature_extractor(model, return_nodes=[nodes[-1]], tracer_kwargs=tracer)
-        assert torch.equal(next(iter(fx(x).values())), want)
-
-    batch = torch.export.Dim("batch", min=1, max=512)
-    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
-    x3 = images(model, 3)
-    with torch.no_grad():
-        assert torch.allclose(program.module()(x3), model(x3), atol=1e-5)
+    assert_scripts_traces_and_exports(model, images(model), images(model, 3))
 
 
-def test_the_tokenizer_scripts_and_traces_with_its_decoder():
+def test_the_tokenizer_scripts_traces_and_exports_with_its_decoder():
     tok = build_tokenizer("vq_f4_32px").eval()
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        want = tok(x)
-        assert torch.allclose(torch.jit.script(tok)(x), want, atol=1e-6)
-        tracer = {"leaf_modules": get_notrace_modules(), "autowrap_functions": get_notrace_functions()}
-        _, nodes = get_graph_node_names(tok, tracer_kwargs=tracer)
-        fx = create_feature_extractor(tok, return_nodes=[nodes[-1]], tracer_kwargs=tracer)
-        assert torch.equal(next(iter(fx(x).values())), want)
-        program = torch.export.export(tok, (x,))
-        assert torch.allclose(program.module()(x), want, atol=1e-6)
+    assert_scripts_traces_and_exports(tok, torch.rand(2, 1, 32, 32), torch.rand(3, 1, 32, 32))
