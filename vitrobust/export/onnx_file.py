@@ -53,7 +53,8 @@ def _batches(data: ImageSet, model: ImageClassifier) -> Iterator[tuple[np.ndarra
         yield batch.x.numpy().astype(np.float32), batch.y.numpy()
 
 
-def _to_onnx(model: ImageClassifier, path: Path) -> None:
+def to_onnx(model: ImageClassifier, path: Path) -> None:
+    """The model as ONNX at `path`: input `images` ([0,1], dynamic batch), output `logits`, opset OPSET."""
     x = torch.rand(2, *model.input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
@@ -68,7 +69,7 @@ def _to_onnx(model: ImageClassifier, path: Path) -> None:
                               ) from None
 
 
-def _session(path: Path):
+def session(path: Path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -78,9 +79,9 @@ def _session(path: Path):
 
 def check_fp32(model: ImageClassifier, path: Path, batches) -> dict:
     """Logits of the file vs PyTorch on the check images: max abs difference, top-1 agreement."""
-    session, diff, same, n = _session(path), 0.0, 0, 0
+    runner, diff, same, n = session(path), 0.0, 0, 0
     for x, _ in batches:
-        got = session.run(["logits"], {"images": x})[0]
+        got = runner.run(["logits"], {"images": x})[0]
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy()
         diff = max(diff, float(np.abs(got - want).max()))
@@ -90,7 +91,7 @@ def check_fp32(model: ImageClassifier, path: Path, batches) -> dict:
 
 
 def check_int8(fp32: Path, int8: Path, batches) -> dict:
-    a, b = _session(fp32), _session(int8)
+    a, b = session(fp32), session(int8)
     same = n = 0
     for x, _ in batches:
         same += int((a.run(["logits"], {"images": x})[0].argmax(1) == b.run(["logits"], {"images": x})[0].argmax(1)).sum())
@@ -144,7 +145,7 @@ def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quant
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = {p: p.with_name(f".{p.name}.tmp") for p in targets}
     try:
-        _to_onnx(model, tmp[out])
+        to_onnx(model, tmp[out])
         figures = {"fp32": check_fp32(model, tmp[out], check_set)}
         f = figures["fp32"]
         if f["max_abs_logit_diff"] > MAX_DIFF or f["top1_agreement"] < 1.0:
@@ -168,4 +169,4 @@ def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quant
                       classes=list(test.classes))
 
 
-__all__ = ["MAX_DIFF", "MIN_INT8_AGREEMENT", "OPSET", "export_onnx"]
+__all__ = ["MAX_DIFF", "MIN_INT8_AGREEMENT", "OPSET", "export_onnx", "quantize_int8", "session", "to_onnx"]
