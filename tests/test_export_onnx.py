@@ -14,9 +14,11 @@ import torch
 from helpers_train import child_env, explain, run_cmd, tiny_config, train_run, vitrobust_cmd
 
 import vitrobust.export.onnx_file as onnx_file
-from vitrobust.errors import CheckpointError, DatasetError
+from vitrobust.errors import CheckpointError, DatasetError, InputError
+from vitrobust.evaluate import evaluate_path
 from vitrobust.export import export_onnx
 from vitrobust.models import load_model
+from vitrobust.results import read_results
 
 # a fresh interpreter that cannot import vitrobust: runs the file with onnxruntime and numpy alone
 RUNNER = """
@@ -103,3 +105,22 @@ def test_failures_leave_no_file(run, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="exists"):
         export_onnx(run, tmp_path / "d.onnx", check=16)
     assert (tmp_path / "d.onnx").read_bytes() == b"mine"
+
+
+def test_the_exported_file_is_evaluated_on_its_runtime_like_a_run(run, tmp_path):
+    out = tmp_path / "m.onnx"
+    export_onnx(run, out, check=32)
+    shipped, path = evaluate_path(out, "clean")
+    assert path == tmp_path / "m.results.json"  # apart from the run's own results.json
+    torch_side, torch_path = evaluate_path(run, "clean", out=tmp_path / "pytorch.json")
+    assert shipped["clean"]["n"] == torch_side["clean"]["n"] == 128
+    assert shipped["clean"]["top1"] == torch_side["clean"]["top1"]  # logits within 1e-6: the same top-1
+    meta = read_results(path)["meta"]
+    assert meta["runtime"]["runtime"] == "onnxruntime" and meta["runtime"]["precision"] == "fp32"
+    assert meta["params"] == read_results(torch_path)["meta"]["params"]  # the card's figures of the PyTorch model
+
+    with pytest.raises(InputError, match="m.onnx runs forward only, but autoattack needs input gradients"):
+        evaluate_path(out, "autoattack")
+    (tmp_path / "m.card.json").unlink()
+    with pytest.raises(CheckpointError, match="no model card"):
+        evaluate_path(out, "clean")

@@ -55,6 +55,14 @@ def run_config(model: torch.nn.Module, overrides: list[str] | None = None, suite
     return config_for_run(getattr(model, "run_config", "") or "", overrides, suite)
 
 
+def default_results_path(path: Path) -> Path:
+    """RUN/results.json for a run or its weights file; FILE.results.json for an exported FILE.onnx (what ships
+    is measured apart from the PyTorch model, and the two are compared like two runs)."""
+    if path.suffix == ".onnx":
+        return path.with_name(path.name.removesuffix(".onnx") + ".results.json")
+    return (path if path.is_dir() else path.parent) / "results.json"
+
+
 def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = None, out: str | Path | None = None,
                   progress=None, overwrite: bool = False) -> tuple[dict, Path]:
     """What `vitrobust evaluate` does: load, run the suite, merge into results.json (rank 0 writes).
@@ -66,7 +74,7 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     """
     path = Path(path)
     say = progress or (lambda line: None)
-    results_path = Path(out) if out else (path if path.is_dir() else path.parent) / "results.json"
+    results_path = Path(out) if out else default_results_path(path)
     stored = read_results(results_path)
     recorded = merge_overrides(*(stored[name].get("overrides") or [] for name in expand_suite(suite)
                                  if isinstance(stored.get(name), dict)))
@@ -84,6 +92,8 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     meta = {"model": model.spec["name"], "params": count_params(model), "flops": count_flops(model),
             "dataset": cfg.data.name, "weights": str(weights_file(path, cfg.evaluate.use_ema)), "run": cfg.name}
     meta.update({k: model.spec[k] for k in ("zoo", "imported", "preprocess") if model.spec.get(k)})
+    if getattr(model, "runtime", None):  # an exported file measured on its runtime
+        meta["runtime"] = model.runtime
     zoo = ZOO.get(model.spec["zoo"]) if model.spec.get("zoo") in ZOO else None
     read_with = {k: getattr(cfg.data, k) for k in ("img_size", "crop_pct", "interpolation", "in_chans")
                  if getattr(cfg.data, k) is not None}  # how image files were read (data.* resize rule)
@@ -116,5 +126,6 @@ def evaluate_path(path: str | Path, suite: str, overrides: list[str] | None = No
     return results, results_path
 
 
-__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "EvalContext", "evaluate", "evaluate_path", "expand_suite", "is_skip",
+__all__ = ["BENCHMARKS", "SUITES", "Benchmark", "EvalContext", "default_results_path", "evaluate", "evaluate_path",
+           "expand_suite", "is_skip",
            "predict", "read_results", "register_benchmark", "run_config", "write_results"]

@@ -214,7 +214,7 @@ def _draw_examples(ctx: EvalContext, shown, name: str, title: str) -> list[str]:
     return [path.name]
 
 
-@register_benchmark("pgd", suites=("adversarial",), cost=COST_HOURS)
+@register_benchmark("pgd", suites=("adversarial",), cost=COST_HOURS, gradients=True)
 def pgd(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)
@@ -268,7 +268,7 @@ def _square_ran(spec: AutoAttackSpec) -> bool:
     return "square" in spec.attack_list
 
 
-@register_benchmark("autoattack", suites=("adversarial", "quick", "imagenet"), cost=COST_HOURS)
+@register_benchmark("autoattack", suites=("adversarial", "quick", "imagenet"), cost=COST_HOURS, gradients=True)
 def autoattack(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)
@@ -316,7 +316,7 @@ def sweep_eps(a: AttackConfig) -> list[float]:
     return sorted({float(e) for e in eps_list})
 
 
-@register_benchmark("eps_sweep", suites=("adversarial", "quick"), cost=COST_HOURS)
+@register_benchmark("eps_sweep", suites=("adversarial", "quick"), cost=COST_HOURS, gradients=True)
 def eps_sweep(model: torch.nn.Module, ctx: EvalContext) -> dict:
     a = ctx.cfg.evaluate.attack
     data = attack_data(ctx)

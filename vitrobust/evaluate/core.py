@@ -130,6 +130,7 @@ class Benchmark:
     suites: tuple[str, ...] = ()
     check: Callable[[EvalContext], object] | None = None
     cost: int = COST_SECONDS
+    gradients: bool = False  # needs input gradients: refused for a forward-only model (an exported file)
 
     def __call__(self, model: torch.nn.Module, ctx: EvalContext) -> dict:
         return self.run(model, ctx)
@@ -139,10 +140,10 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark", fill="vitrobust.evaluate
 
 
 def register_benchmark(name: str, suites: tuple[str, ...] = (), check: Callable[[EvalContext], object] | None = None,
-                       cost: int = COST_SECONDS):
+                       cost: int = COST_SECONDS, gradients: bool = False):
     """Decorator: register `fn(model, ctx) -> dict` as the benchmark `name` (see Benchmark); returns fn."""
     def wrap(fn: Callable[[torch.nn.Module, EvalContext], dict]):
-        BENCHMARKS.register(Benchmark(name, fn, tuple(suites), check, cost))
+        BENCHMARKS.register(Benchmark(name, fn, tuple(suites), check, cost, gradients))
         return fn
 
     return wrap
@@ -274,6 +275,16 @@ def check_model_input(model: torch.nn.Module, ctx: EvalContext) -> None:
                      f"{ctx.data.in_chans} x {size} x {size}; {', '.join(fixes)}")
 
 
+def check_forward_only(model: torch.nn.Module, names: list[str]) -> None:
+    """A model without gradients (an exported file on its runtime) runs the forward-only benchmarks only."""
+    needs = [n for n in names if BENCHMARKS.get(n).gradients]
+    if getattr(model, "forward_only", False) and needs:
+        can = [n for n, b in BENCHMARKS.items() if not b.gradients]
+        raise InputError(f"{getattr(model, 'runtime', {}).get('file', 'this model')} runs forward only, but "
+                         f"{', '.join(needs)} {'needs' if len(needs) == 1 else 'need'} input gradients: evaluate the run's PyTorch model for them, and "
+                         f"the exported file with forward-only benchmarks ({', '.join(can)})")
+
+
 def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Callable[[str], None] | None = None,
               on_result: Callable[[str, dict], None] | None = None) -> dict:
     """Run each benchmark of the suite; `on_result(name, entry)` after each (results.json is written
@@ -284,6 +295,7 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
         raise InputError("evaluate a model in eval mode (model.eval()): train mode changes dropout and norm statistics")
     names = expand_suite(suite)
     check_model_input(model, ctx)
+    check_forward_only(model, names)
     for name in names:  # fail in seconds on a missing dataset folder, not hours into the suite
         if BENCHMARKS.get(name).check is not None:
             BENCHMARKS.get(name).check(ctx)

@@ -69,7 +69,7 @@ def _draw(ctx: EvalContext, shown: dict | None, rel) -> list[str]:
     return [path.name]
 
 
-@register_benchmark("relevance", suites=("relevance", "quick"), cost=COST_MINUTES)
+@register_benchmark("relevance", suites=("relevance", "quick"), cost=COST_MINUTES, gradients=True)
 def relevance(model: torch.nn.Module, ctx: EvalContext) -> dict:
     rel = ctx.cfg.evaluate.relevance
     try:

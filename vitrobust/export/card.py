@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from vitrobust.checkpoint import atomic_write_text
+from vitrobust.models import count_flops, count_params
 from vitrobust.models.classifier import ImageClassifier
 from vitrobust.results import read_results
 
@@ -46,6 +47,8 @@ def write_card(model: ImageClassifier, source: str | Path, out: Path, int8: Path
     c, h, w = model.input_shape
     card = {
         "model": model.spec["name"], "source": str(source),
+        "spec": model.spec, "config": getattr(model, "run_config", ""),
+        "params": count_params(model), "flops": count_flops(model),
         "input": {"name": "images", "shape": ["N", c, h, w], "dtype": "float32", "range": [0.0, 1.0],
                   "normalisation": "inside the graph" if model.spec.get("mean") else "none",
                   "mean": model.spec.get("mean"), "std": model.spec.get("std")},

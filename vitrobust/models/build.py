@@ -68,11 +68,15 @@ def build_model(spec: dict) -> ImageClassifier:
 
 def count_params(model: torch.nn.Module) -> int:
     """Parameters plus frozen weights (a Dr.ViT's tokenizer, held as buffers): the size of what runs."""
+    if getattr(model, "recorded_size", None):  # an exported file: the figures of its PyTorch model
+        return int(model.recorded_size["params"])
     return sum(p.numel() for p in model.parameters()) + sum(t.numel() for _, t in frozen_tensors(model))
 
 
 def count_flops(model: ImageClassifier) -> int:
     """Forward FLOPs for one image (a multiply-add counts 2), by PyTorch's own flop counter."""
+    if getattr(model, "recorded_size", None):
+        return int(model.recorded_size["flops"])
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device

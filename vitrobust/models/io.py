@@ -13,6 +13,7 @@ from vitrobust.errors import CheckpointError
 from vitrobust.models.build import build_model
 from vitrobust.models.classifier import ImageClassifier
 from vitrobust.models.formats import find_format, read_checkpoint
+from vitrobust.models.runtime import load_onnx
 from vitrobust.models.timm_contract import resize_rule
 
 
@@ -30,7 +31,10 @@ def weights_file(path: str | Path, ema: bool = False) -> Path:
 
 
 def load_model(path: str | Path, *, ema: bool = False, device: str | torch.device = "cpu") -> ImageClassifier:
-    """A vitrobust model from a run directory or its .safetensors file, in eval mode, taking [0,1] images."""
+    """A vitrobust model from a run directory or its .safetensors file, in eval mode, taking [0,1] images;
+    an exported .onnx file runs on onnxruntime (models/runtime.py, forward only)."""
+    if Path(path).suffix == ".onnx":
+        return load_onnx(path)
     file = weights_file(path, ema)
     tensors, meta = read_weights(file)
     if meta.get("format") != FORMAT:
