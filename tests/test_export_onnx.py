@@ -124,3 +124,15 @@ def test_the_exported_file_is_evaluated_on_its_runtime_like_a_run(run, tmp_path)
     (tmp_path / "m.card.json").unlink()
     with pytest.raises(CheckpointError, match="no model card"):
         evaluate_path(out, "clean")
+
+
+def test_black_box_square_runs_on_the_runtime_and_matches_the_pytorch_twin(run, tmp_path):
+    out = tmp_path / "m.onnx"
+    export_onnx(run, out, check=16)
+    small = ["evaluate.attack.subset=12", "evaluate.attack.eps=0.02", "evaluate.attack.blackbox_queries=50"]
+    shipped, _ = evaluate_path(out, "square", overrides=small)
+    twin, _ = evaluate_path(run, "square", overrides=small, out=tmp_path / "pytorch.json")
+    s, t = shipped["square"], twin["square"]
+    assert s["n"] == 12 and s["queries"] == 50 and s["runtime"]["precision"] == "fp32"
+    assert s["robust_top1"] <= s["clean_top1"]
+    assert (s["clean_top1"], s["robust_top1"]) == (t["clean_top1"], t["robust_top1"])  # same seed, same logits

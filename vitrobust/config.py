@@ -176,6 +176,8 @@ class AttackConfig(Section, ThreatModel):
                          "Square): a balanced sample of the attacked ones")
     square_queries: int = Field(500, ge=0, description="queries of the short Square check on points the white-box "
                                 "attack left robust, when no Square ran (0: skip)")
+    blackbox_queries: int = Field(5000, ge=1, description="queries of the square benchmark (black-box Square alone, "
+                                  "e.g. on an exported file; AutoAttack standard's budget is 5000)")
     grid: int = Field(8, ge=0, description="adversarial examples drawn in the figure (0: none)")
     verbose: bool = Field(False, description="show the AutoAttack authors' progress lines")
 

@@ -306,6 +306,32 @@ def autoattack(model: torch.nn.Module, ctx: EvalContext) -> dict:
     return out
 
 
+# --- black-box Square -------------------------------------------------------------------------
+
+@register_benchmark("square", suites=("blackbox",), cost=COST_HOURS)
+def square(model: torch.nn.Module, ctx: EvalContext) -> dict:
+    """The authors' Square attack alone (black-box, attack.blackbox_queries, the threat model's norm and eps) on the
+    attack images: forward only, so it also measures an exported file on its runtime (an upper bound on its
+    robust accuracy; the white-box attacks of the PyTorch model give the tighter one)."""
+    a = ctx.cfg.evaluate.attack
+    data = attack_data(ctx)
+    clean, robust = [], []
+    for batch in _loader(ctx, data, attack_batch_size(ctx), sharded=False):
+        with torch.no_grad():
+            right = model(batch.x).argmax(1) == batch.y
+        fooled = square_check(model, batch.x[right], batch.y[right], norm=a.norm, eps=a.eps,
+                              n_queries=a.blackbox_queries, seed=a.seed)
+        held = right.clone().cpu()
+        held[right.cpu()] = ~fooled
+        clean.append(right.cpu())
+        robust.append(held)
+    clean_flags, robust_flags = torch.cat(clean), torch.cat(robust)
+    return {"norm": a.norm, "eps": a.eps, "queries": a.blackbox_queries, "seed": a.seed,
+            "clean_top1": clean_flags.float().mean().item(), "robust_top1": robust_flags.float().mean().item(),
+            "n": len(clean_flags), **({"runtime": model.runtime} if getattr(model, "runtime", None) else {}),
+            PER_IMAGE: {"clean_top1": per_image(data, clean_flags), "robust_top1": per_image(data, robust_flags)}}
+
+
 # --- eps sweep -------------------------------------------------------------------------------
 
 

@@ -317,6 +317,9 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
 
 
 def summarize(name: str, result: dict) -> str:
+    if "robust_top1" in result and "clean_top1" in result:
+        return (f"robust top1 {100 * result['robust_top1']:.2f}% (clean {100 * result['clean_top1']:.2f}%, "
+                f"n={result.get('n')})")
     if "top1" in result:
         return f"top1 {100 * result['top1']:.2f}% (n={result.get('n')})"
     return json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))})[:120]
