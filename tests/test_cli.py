@@ -134,6 +134,12 @@ def test_quickstart(tmp_path):
         assert cfg["compare"]["control"] == str(out / control) and ctl["objective"]["name"] == "standard", method
         assert control_mismatches(cfg, ctl) == [], method
     assert "Methods against their matched controls" in html and "min. detectable" in html
+    # the robust model leaves PyTorch: the ONNX file that ships is measured on onnxruntime, beside PyTorch
+    shipped = json.loads((out / "deploy" / "adversarial.results.json").read_text())
+    assert shipped["meta"]["runtime"]["precision"] == "fp32" and {"clean", "square"} <= shipped.keys()
+    assert shipped["clean"]["n"] == TEST_SUBSET and shipped["square"]["queries"] == 500
+    assert "square" in json.loads((out / "adversarial" / "results.json").read_text())
+    assert "Deployment: the files that ship" in html and "Deployment: the files that ship" in proc.stdout
     assert "Each method against its matched control" in proc.stdout
     # the summary table: a header and a row per run with its clean accuracy
     lines = proc.stdout.splitlines()

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrobust.config import Config, control_config, load_config
-from vitrobust.evaluate import evaluate_path
+from vitrobust.errors import CheckpointError
+from vitrobust.evaluate import default_results_path, evaluate_path
 from vitrobust.evaluate.core import missing_benchmarks
+from vitrobust.export import export_onnx
+from vitrobust.models.runtime import card_path
 from vitrobust.report import build_report, summary_rows, text_table
 from vitrobust.report.controls import comparisons as control_comparisons
 from vitrobust.report.controls import controls_table
+from vitrobust.report.deployment import deployment_section
 from vitrobust.report.runs import load_runs
+from vitrobust.results import read_results
 from vitrobust.tokenizer import train_tokenizer
 from vitrobust.train import train
 
@@ -113,14 +118,54 @@ def run_stage(stage: Stage, where: Where, overrides: list[str], eval_extra: list
     return run_dir
 
 
+# The robust model leaves PyTorch: ONNX fp32 and int8, each measured on onnxruntime beside the PyTorch model
+# on the same images. Square with 500 queries (AutoAttack standard gives it 5000) keeps this within the budget.
+SHIP = "adversarial"
+SHIP_SUITE = "clean,square"
+SHIP_SET = ("evaluate.attack.blackbox_queries=500",)
+
+
+def ship(where: Where, overrides: list[str]) -> list[Path]:
+    """Export the SHIP stage's model (fp32 and int8) into deploy/ and run SHIP_SUITE on the PyTorch model and
+    on each file (only what its results lack: a resumed quickstart redoes nothing)."""
+    run_dir, out = where(SHIP), where("deploy") / f"{SHIP}.onnx"
+    files = [out, out.with_name(f"{SHIP}.int8.onnx")]
+    print(f"== {out.parent}: {SHIP} as ONNX fp32 and int8, measured on onnxruntime", flush=True)
+    stage = next(s for s in STAGES if s.name == SHIP)
+    settings = [*eval_overrides(where, stage), *SHIP_SET, *overrides]
+    if not out.is_file() or not card_path(out).is_file():
+        try:
+            card = export_onnx(run_dir, out, quantize="int8", overrides=overrides, overwrite=True)
+        except CheckpointError as err:  # the int8 file failed its check: ship the fp32 file, say why
+            print(f"   int8 not shipped: {err}", flush=True)
+            card = export_onnx(run_dir, out, overrides=overrides, overwrite=True)
+        eq = card["equivalence"]
+        print(f"   fp32: max logit difference vs PyTorch {eq['fp32']['max_abs_logit_diff']:.1e} on "
+              f"{eq['fp32']['images']} test images" + (f"; int8: top-1 agreement with fp32 "
+              f"{100 * eq['int8']['top1_agreement_with_fp32']:.1f}%" if "int8" in eq else ""), flush=True)
+    files = [f for f in files if f.is_file()]
+    for path in (run_dir, *files):
+        have = read_results(default_results_path(path))
+        missing = [name for name in SHIP_SUITE.split(",") if name not in have]
+        if missing:
+            evaluate_path(path, ",".join(missing), settings, progress=lambda line: print(f"   {line}", flush=True))
+    return files
+
+
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None, progress: bool = True) -> Path:
     out = Path(out)
     t_start = time.perf_counter()
     runs = [run_stage(stage, lambda name: out / name, overrides or [], [], progress) for stage in STAGES]
+    shipped = ship(lambda name: out / name, overrides or [])
     found = control_comparisons(load_runs(runs))  # once: for the report and the console
-    report = build_report(runs, out / "report.html", title="vitrobust quickstart", controls=found)
+    deployment = deployment_section(out / SHIP, shipped)
+    report = build_report(runs, out / "report.html", title="vitrobust quickstart", controls=found,
+                          extra_sections=[deployment] if deployment else [])
     header, rows = summary_rows(runs)
     print("\n" + text_table(header, rows))
+    if deployment:
+        print(f"\n{deployment.title}:")
+        print(text_table(deployment.tables[0].header, deployment.tables[0].rows))
     if found:
         table = controls_table(found)
         print("\nEach method against its matched control (same images; difference [95% CI], p, min. detectable):")

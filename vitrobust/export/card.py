@@ -88,6 +88,10 @@ def markdown(card: dict) -> str:
     if "int8" in eq:
         lines.append(f"int8 vs fp32 top-1 agreement {100 * eq['int8']['top1_agreement_with_fp32']:.2f}% "
                      f"({card['quantization']['calibration_images']} calibration images from the training split).")
+    lat = eq.get("latency_ms_batch1")
+    if lat:
+        lines.append("Batch-1 latency (median ms, " + str(lat["threads"]) + " threads, at export): " + ", ".join(
+            f"{k} {v}" for k, v in lat.items() if k != "threads") + ".")
     if card["results"]:
         lines += ["", "Measured on the PyTorch model (95% intervals):", "", "| benchmark | metric | value | 95% CI | n |",
                   "|---|---|---|---|---|"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +92,29 @@ def check_fp32(model: ImageClassifier, path: Path, batches) -> dict:
     return {"images": n, "max_abs_logit_diff": diff, "top1_agreement": same / max(n, 1)}
 
 
+def latency_ms(model: ImageClassifier, files: dict[str, Path], calls: int = 30) -> dict:
+    """Median batch-1 latency in ms of PyTorch eager and of each file on onnxruntime, in this process with
+    its thread settings (a quick figure for the card; benchmarks/bench_deploy.py measures properly)."""
+    x = torch.rand(1, *model.input_shape)
+    runs = {"pytorch": lambda: model(x)}
+    for name, path in files.items():
+        runner, feed = session(path), {"images": x.numpy()}
+        runs[name] = lambda r=runner, f=feed: r.run(["logits"], f)
+    out = {}
+    with torch.inference_mode():
+        for name, fn in runs.items():
+            for _ in range(5):
+                fn()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            out[name] = round(1000 * statistics.median(times), 3)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
 def check_int8(fp32: Path, int8: Path, batches) -> dict:
     a, b = session(fp32), session(int8)
     same = n = 0
@@ -160,6 +185,7 @@ def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quant
                 raise CheckpointError(f"the int8 file agrees with fp32 on {100 * agree:.1f}% of {figures['int8']['images']} "
                                       f"test images (at least {100 * MIN_INT8_AGREEMENT:g}% needed): calibrate on more "
                                       f"images (--calibration) or ship the fp32 file; nothing was written")
+        figures["latency_ms_batch1"] = latency_ms(model, {"fp32": tmp[out], **({"int8": tmp[int8]} if int8 else {})})
         for p in targets:
             os.replace(tmp[p], p)
     finally:
