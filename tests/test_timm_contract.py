@@ -7,7 +7,6 @@ The 32-px names run in CI; the 224-px names are `slow`."""
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 
 import pytest
@@ -30,17 +29,22 @@ LARGE = [n for n in OURS if n not in SMALL]
 NAMES = [*SMALL, *(pytest.param(n, marks=pytest.mark.slow) for n in LARGE)]
 
 
-@functools.cache
-def _built(name: str, kwargs: tuple) -> torch.nn.Module:
-    torch.manual_seed(0)  # the same weights for the plain and the features_only build of a name
+def build(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)  # the same weights for every build of a name (plain or features_only)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a Dr.ViT without a tokenizer file says its tokenizer is random
-        return timm.create_model(name, **dict(kwargs)).eval()
+        return timm.create_model(name, **kwargs).eval()
 
 
-def create(name: str, **kwargs) -> torch.nn.Module:
-    """timm.create_model(name, **kwargs), built once per module (timm's init of 20M weights takes seconds)."""
-    return copy.deepcopy(_built(name, tuple(sorted(kwargs.items()))))
+@pytest.fixture(scope="module", params=NAMES)
+def built(request) -> tuple[str, torch.nn.Module]:
+    """(name, model) built once per name (timm's init of 20M weights takes seconds); module-scoped, so pytest
+    runs every test of one name before building the next, and frees it after."""
+    return request.param, build(request.param)
+
+
+def create(built) -> torch.nn.Module:
+    return copy.deepcopy(built[1])
 
 
 def images(model: torch.nn.Module, n: int = 2) -> torch.Tensor:
@@ -53,9 +57,8 @@ def test_all_twenty_names_are_registered_with_their_module():
     assert modules == set(OURS)  # each name has its own default cfg, found by timm
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_builds_without_arguments_with_a_complete_default_cfg(name):
-    model = create(name)
+def test_builds_without_arguments_with_a_complete_default_cfg(built):
+    model = create(built)
     cfg = model.pretrained_cfg
     state = model.state_dict()
     first = cfg["first_conv"] if isinstance(cfg["first_conv"], tuple) else (cfg["first_conv"],)
@@ -68,16 +71,15 @@ def test_builds_without_arguments_with_a_complete_default_cfg(name):
     assert model(images(model)).shape == (2, model.num_classes)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_features_intermediates_head_and_classifier_reset(name):
-    model = create(name)
+def test_features_intermediates_head_and_classifier_reset(built):
+    name, model = built[0], create(built)
     x = images(model, 1)
     final, inter = model.forward_intermediates(x)
     assert torch.allclose(final, model.forward_features(x))
     grid = model.pretrained_cfg["input_size"][-1] // model.feature_info[-1]["reduction"]
     assert [tuple(t.shape) for t in inter][-1] == (1, model.embed_dim, grid, grid)
 
-    feats = create(name, features_only=True)
+    feats = build(name, features_only=True)
     outs = feats(x)
     assert [o.shape[1] for o in outs] == feats.feature_info.channels()
     assert all(o.shape[-1] == x.shape[-1] // r for o, r in zip(outs, feats.feature_info.reduction(), strict=True))
@@ -90,18 +92,17 @@ def test_features_intermediates_head_and_classifier_reset(name):
     assert model(x).shape == (1, 7)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_parameter_gets_a_gradient(name):
-    model = create(name).train()
+def test_every_parameter_gets_a_gradient(built):
+    model = create(built).train()
     model.reset_classifier(5)
     model(images(model)).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
 
 
-@pytest.mark.parametrize("name", [n for n in SMALL if n.startswith("drvit")])
+@pytest.mark.parametrize("name", ["drvit_pico_patch8_32", "drvit_discrete_pico_patch8_32"])
 def test_drvit_tokenizer_is_frozen_state_not_parameters(name):
-    model = create(name)
+    model = build(name)
     tokenizer_keys = [k for k in model.state_dict() if k.startswith("patch_embed.tokenizer.")]
     assert "patch_embed.tokenizer.quantize.embedding.weight" in tokenizer_keys  # taming's key names stay
     assert "patch_embed.tokenizer.encoder.conv_in.weight" in tokenizer_keys
@@ -131,9 +132,8 @@ def assert_scripts_traces_and_exports(module: torch.nn.Module, x: torch.Tensor, 
         assert torch.allclose(program.module()(x_other_batch), module(x_other_batch), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_torchscript_fx_and_export_give_the_eager_outputs(name):
-    model = create(name)  # scriptable without timm's set_scriptable (nothing here depends on it)
+def test_torchscript_fx_and_export_give_the_eager_outputs(built):
+    model = create(built)  # scriptable without timm's set_scriptable (nothing here depends on it)
     assert_scripts_traces_and_exports(model, images(model), images(model, 3))
 
 
