@@ -211,3 +211,11 @@ def test_two_ranks_give_the_results_of_one(model, tmp_path):
     (file_one,) = (tmp_path / "one" / "progress").glob("*.json")
     assert file_two.name == file_one.name
     assert json.loads(file_two.read_text())["samples"] == json.loads(file_one.read_text())["samples"]
+
+
+def test_console_summary_of_robust_entries_and_of_sweeps():
+    from vitrobust.evaluate.core import summarize
+
+    assert summarize("square", {"robust_top1": 0.25, "clean_top1": 0.5, "n": 8}) == "robust top1 25.00% (clean 50.00%, n=8)"
+    sweep = summarize("eps_sweep", {"eps": [0.0, 0.1], "robust_top1": [0.5, 0.2], "clean_top1": 0.5, "n": 8})
+    assert "robust top1" not in sweep and '"n": 8' in sweep  # a sweep's lists are not one headline number

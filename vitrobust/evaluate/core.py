@@ -317,7 +317,7 @@ def run_suite(model: torch.nn.Module, suite: str, ctx: EvalContext, progress: Ca
 
 
 def summarize(name: str, result: dict) -> str:
-    if "robust_top1" in result and "clean_top1" in result:
+    if all(isinstance(result.get(k), (int, float)) for k in ("robust_top1", "clean_top1")):  # not a sweep's lists
         return (f"robust top1 {100 * result['robust_top1']:.2f}% (clean {100 * result['clean_top1']:.2f}%, "
                 f"n={result.get('n')})")
     if "top1" in result:
