@@ -315,8 +315,8 @@ def parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
     xp.add_argument("--quantize", choices=["int8"], help="onnx: also FILE.int8.onnx, onnxruntime's static "
                     "quantisation calibrated on training images (top-1 agreement with fp32 >= 99%% checked)")
-    xp.add_argument("--check", type=int, default=256, help="onnx: test images the equivalence is checked on")
-    xp.add_argument("--calibration", type=int, default=256, help="onnx --quantize: training images to calibrate on")
+    xp.add_argument("--check", type=int, default=1000, help="onnx: test images the equivalence is checked on")
+    xp.add_argument("--calibration", type=int, default=512, help="onnx --quantize: training images to calibrate on")
     xp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override the run's data config for the check images (e.g. data.root=...)")
     xp.add_argument("--ema", action="store_true", help="export the run's EMA weights (ema.safetensors)")

@@ -153,7 +153,7 @@ def quantize_int8(fp32: Path, out: Path, calibration) -> None:
 
 
 def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quantize: str | None = None,
-                check: int = 256, calibration: int = 256, overrides: list[str] | None = None,
+                check: int = 1000, calibration: int = 512, overrides: list[str] | None = None,
                 overwrite: bool = False) -> dict:
     """Write `out` (.onnx; with quantize='int8' also OUT.int8.onnx) and its card; returns the card."""
     _needs_runtime()

@@ -63,7 +63,10 @@ def deployment_section(run_dir: Path, files: list[Path]) -> Section | None:
              f"AutoAttack is the tighter one. Latency: median of 30 batch-1 calls at export "
              f"({latency.get('threads', '?')} threads), a quick figure (benchmarks/bench_deploy.py measures it).",
              "vs PyTorch: the file's accuracy minus the PyTorch model's, with Tango's 95% interval and McNemar's "
-             "p: an interval holding 0 says export or quantisation changed nothing measurable on these images."]
+             "p: an interval holding 0 says export or quantisation changed nothing measurable on these images.",
+             "A higher Square number for an int8 file than for the PyTorch model is not robustness gained: quantised "
+             "logits are flatter and coarser, which misleads the score-based search (gradient masking's black-box "
+             "twin). Its robustness is bounded by the PyTorch model's white-box numbers."]
     return Section("deployment", "Deployment: the files that ship, measured on their runtime",
                    [Table(header, rows, text_columns=2)], notes=notes)
 
