@@ -16,6 +16,8 @@ from helpers_train import child_env, explain, run_cmd, tiny_config, train_run, v
 import vitrobust.export.onnx_file as onnx_file
 from vitrobust.errors import CheckpointError, DatasetError, InputError
 from vitrobust.evaluate import evaluate_path
+from vitrobust.explain.relevance import explain as relevance_maps
+from vitrobust.explain.relevance import normalise
 from vitrobust.export import export_onnx
 from vitrobust.models import load_model
 from vitrobust.results import read_results
@@ -136,3 +138,15 @@ def test_black_box_square_runs_on_the_runtime_and_matches_the_pytorch_twin(run, 
     assert s["n"] == 12 and s["queries"] == 50 and s["runtime"]["precision"] == "fp32"
     assert s["robust_top1"] <= s["clean_top1"]
     assert (s["clean_top1"], s["robust_top1"]) == (t["clean_top1"], t["robust_top1"])  # same seed, same logits
+
+
+def test_rollout_maps_are_a_second_output_equal_to_explains_rollout(run, tmp_path):
+    card = export_onnx(run, tmp_path / "m.onnx", maps="rollout", check=32)
+    assert card["maps"]["name"] == "rollout" and card["maps"]["shape"] == ["N", 4, 4]
+    assert card["equivalence"]["fp32"]["max_abs_rollout_diff"] <= 1e-4
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    logits, maps = onnx_file.session(tmp_path / "m.onnx").run(["logits", "rollout"], {"images": x.numpy()})
+    model = load_model(run)
+    want = relevance_maps(model, x, method="rollout")
+    assert np.abs(maps - normalise(want.tokens.reshape(6, 4, 4)).numpy()).max() <= 1e-4
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6 and np.abs(logits - want.logits.numpy()).max() <= 1e-4

@@ -146,8 +146,8 @@ def cmd_export(args) -> int:
         return export_onnx_cmd(args)
     from vitrobust.export import export_timm
 
-    if args.quantize:
-        raise ConfigError("--quantize applies to --format onnx; a timm folder holds the run's own weights")
+    if args.quantize or args.maps:
+        raise ConfigError("--quantize and --maps apply to --format onnx; a timm folder holds the run's own weights")
     out = export_timm(args.source, args.out, ema=args.ema, overwrite=args.overwrite)
     say(f"wrote {out}/config.json and model.safetensors (timm's Hub layout; checked: it gives the run's logits)",
         "load it:",
@@ -162,11 +162,13 @@ def cmd_export(args) -> int:
 def export_onnx_cmd(args) -> int:
     from vitrobust.export import export_onnx
 
-    card = export_onnx(args.source, args.out, ema=args.ema, quantize=args.quantize, check=args.check,
+    card = export_onnx(args.source, args.out, ema=args.ema, quantize=args.quantize, maps=args.maps, check=args.check,
                        calibration=args.calibration, overrides=args.overrides, overwrite=args.overwrite)
     eq, files = card["equivalence"], card["files"]
     lines = [f"wrote {args.out} ({files['fp32']['bytes'] / 1e6:.2f} MB, opset {card['opset']}): [0,1] float "
-             f"images N x {' x '.join(map(str, card['input']['shape'][1:]))} in, logits out",
+             f"images N x {' x '.join(map(str, card['input']['shape'][1:]))} in, logits"
+             + (f" and rollout maps ({' x '.join(map(str, card['maps']['shape'][1:]))})" if card.get("maps") else "")
+             + " out",
              f"  checked on {eq['fp32']['images']} test images: max logit difference vs PyTorch "
              f"{eq['fp32']['max_abs_logit_diff']:.1e}, top-1 agreement {100 * eq['fp32']['top1_agreement']:.1f}%"]
     if "int8" in files:
@@ -315,6 +317,8 @@ def parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", required=True, help="the folder (timm) or .onnx file to write")
     xp.add_argument("--quantize", choices=["int8"], help="onnx: also FILE.int8.onnx, onnxruntime's static "
                     "quantisation calibrated on training images (top-1 agreement with fp32 >= 99%% checked)")
+    xp.add_argument("--maps", choices=["rollout"], help="onnx: a second output `rollout`, the attention-rollout map "
+                    "at patch resolution (forward only: any runtime computes it)")
     xp.add_argument("--check", type=int, default=1000, help="onnx: test images the equivalence is checked on")
     xp.add_argument("--calibration", type=int, default=512, help="onnx --quantize: training images to calibrate on")
     xp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

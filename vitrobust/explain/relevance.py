@@ -247,6 +247,28 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, *, method: str = "ch
     return Explanation(maps=maps, tokens=tokens[:, 0], logits=logits, target=target)
 
 
+class LogitsAndRollout(nn.Module):
+    """`model` with a second output: its attention-rollout map at patch resolution (B x gh x gw, min-max
+    normalised per image), forward only, so an exported graph computes it in any runtime. The same map as
+    `explain(model, x, method="rollout").tokens`, normalised."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.prefix, self.grid = _token_layout(model)
+        if any(isinstance(m, TalkingHeadAttn) for m in attention_modules(model)):
+            raise UnsupportedModel("attention rollout needs attention rows that are distributions; talking-heads "
+                                   "attention (CaiT) mixes heads after the softmax")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with capture_attention(self.model) as captured:
+            logits = self.model(x)
+        (gh, gw), n = self.grid, self.grid[0] * self.grid[1]
+        positions = [_positions(c, self.prefix, n) for c in captured]
+        row = _cls_row(rollout_factors([c.attn for c in captured]), positions, self.prefix + n, residual=False)
+        return logits, normalise(row[:, self.prefix:].reshape(-1, gh, gw))
+
+
 def relevance_map(model: nn.Module, x: torch.Tensor, target=None, *, method: str = "chefer",
                   differentiable: bool = False) -> torch.Tensor:
     """B x H x W relevance maps in [0, 1] (see `explain`)."""

@@ -19,6 +19,10 @@ def _file(path: Path) -> dict:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def _patch(model: ImageClassifier) -> int:
+    return model.net.patch_embed.patch_size[0]
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -42,7 +46,7 @@ def measured(source: str | Path) -> list[dict]:
 
 
 def write_card(model: ImageClassifier, source: str | Path, out: Path, int8: Path | None, figures: dict, *,
-               opset: int, calibration: int | None, classes: list[str] | None = None) -> dict:
+               opset: int, calibration: int | None, classes: list[str] | None = None, maps: str | None = None) -> dict:
     cfg = model.net.pretrained_cfg
     c, h, w = model.input_shape
     card = {
@@ -53,6 +57,9 @@ def write_card(model: ImageClassifier, source: str | Path, out: Path, int8: Path
                   "normalisation": "inside the graph" if model.spec.get("mean") else "none",
                   "mean": model.spec.get("mean"), "std": model.spec.get("std")},
         "output": {"name": "logits", "shape": ["N", model.num_classes]},
+        "maps": ({"name": "rollout", "shape": ["N", h // _patch(model), w // _patch(model)],
+                  "what": "attention rollout of the CLS token over the patches, min-max normalised per image"}
+                 if maps == "rollout" else None),
         "classes": classes,
         "resize": {"size": h, "crop_pct": cfg.get("crop_pct"), "interpolation": cfg.get("interpolation"),
                    "rule": "shorter side to size / crop_pct, centre crop, then [0,1] floats"},
@@ -77,6 +84,8 @@ def markdown(card: dict) -> str:
              f"- input `{i['name']}`: {' x '.join(map(str, i['shape']))} float32 in [0, 1]; normalisation "
              f"{i['normalisation']}" + (f" (mean {i['mean']}, std {i['std']})" if i["mean"] else ""),
              f"- output `{card['output']['name']}`: N x {card['output']['shape'][1]} logits",
+             *([f"- output `{card['maps']['name']}`: {' x '.join(map(str, card['maps']['shape']))}, {card['maps']['what']}"]
+               if card.get("maps") else []),
              f"- resize: {r['rule']}; size {r['size']}, crop_pct {r['crop_pct']}, {r['interpolation']}"]
     if card["classes"]:
         lines.append(f"- classes: {', '.join(card['classes'])}")

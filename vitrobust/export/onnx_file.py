@@ -23,6 +23,7 @@ from vitrobust.config import config_for_run
 from vitrobust.data import BatchLoader, load_split
 from vitrobust.data.base import ImageSet
 from vitrobust.errors import CheckpointError, UserError
+from vitrobust.explain.relevance import LogitsAndRollout, UnsupportedModel
 from vitrobust.export.card import write_card
 from vitrobust.models import load_model
 from vitrobust.models.classifier import ImageClassifier
@@ -55,14 +56,19 @@ def _batches(data: ImageSet, model: ImageClassifier) -> Iterator[tuple[np.ndarra
         yield batch.x.numpy().astype(np.float32), batch.y.numpy()
 
 
-def to_onnx(model: ImageClassifier, path: Path) -> None:
-    """The model as ONNX at `path`: input `images` ([0,1], dynamic batch), output `logits`, opset OPSET."""
+def to_onnx(model: ImageClassifier, path: Path, maps: str | None = None) -> None:
+    """The model as ONNX at `path`: input `images` ([0,1], dynamic batch), output `logits`, opset OPSET; with
+    maps='rollout' also `rollout`, the attention-rollout map at patch resolution (explain/relevance.py)."""
     x = torch.rand(2, *model.input_shape)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
+        graph, outputs = (LogitsAndRollout(model), ["logits", "rollout"]) if maps == "rollout" else (model, ["logits"])
+    except UnsupportedModel as err:
+        raise CheckpointError(f"--maps rollout: {err}") from None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
+            program = torch.onnx.export(graph, (x,), dynamo=True, input_names=["images"], output_names=outputs,
                                         dynamic_shapes={"x": {0: batch}}, opset_version=OPSET, verbose=False)
         program.save(str(path))
     except Exception as err:  # torch's exporter names the op or module it could not take
@@ -79,17 +85,22 @@ def session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def check_fp32(model: ImageClassifier, path: Path, batches) -> dict:
-    """Logits of the file vs PyTorch on the check images: max abs difference, top-1 agreement."""
-    runner, diff, same, n = session(path), 0.0, 0, 0
+def check_fp32(model: ImageClassifier, path: Path, batches, maps: str | None = None) -> dict:
+    """Logits of the file vs PyTorch on the check images: max abs difference, top-1 agreement; with maps,
+    the largest difference of the rollout maps too."""
+    runner, diff, same, n, map_diff = session(path), 0.0, 0, 0, 0.0
+    reference = LogitsAndRollout(model) if maps == "rollout" else None
     for x, _ in batches:
-        got = runner.run(["logits"], {"images": x})[0]
+        got = runner.run(None, {"images": x})
         with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
-        diff = max(diff, float(np.abs(got - want).max()))
-        same += int((got.argmax(1) == want.argmax(1)).sum())
+            want = [t.numpy() for t in reference(torch.from_numpy(x))] if reference else [model(torch.from_numpy(x)).numpy()]
+        diff = max(diff, float(np.abs(got[0] - want[0]).max()))
+        if reference is not None:
+            map_diff = max(map_diff, float(np.abs(got[1] - want[1]).max()))
+        same += int((got[0].argmax(1) == want[0].argmax(1)).sum())
         n += len(x)
-    return {"images": n, "max_abs_logit_diff": diff, "top1_agreement": same / max(n, 1)}
+    out = {"images": n, "max_abs_logit_diff": diff, "top1_agreement": same / max(n, 1)}
+    return {**out, "max_abs_rollout_diff": map_diff} if reference is not None else out
 
 
 def latency_ms(model: ImageClassifier, files: dict[str, Path], calls: int = 30) -> dict:
@@ -153,7 +164,7 @@ def quantize_int8(fp32: Path, out: Path, calibration) -> None:
 
 
 def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quantize: str | None = None,
-                check: int = 1000, calibration: int = 512, overrides: list[str] | None = None,
+                maps: str | None = None, check: int = 1000, calibration: int = 512, overrides: list[str] | None = None,
                 overwrite: bool = False) -> dict:
     """Write `out` (.onnx; with quantize='int8' also OUT.int8.onnx) and its card; returns the card."""
     _needs_runtime()
@@ -170,13 +181,14 @@ def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quant
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = {p: p.with_name(f".{p.name}.tmp") for p in targets}
     try:
-        to_onnx(model, tmp[out])
-        figures = {"fp32": check_fp32(model, tmp[out], check_set)}
+        to_onnx(model, tmp[out], maps)
+        figures = {"fp32": check_fp32(model, tmp[out], check_set, maps)}
         f = figures["fp32"]
-        if f["max_abs_logit_diff"] > MAX_DIFF or f["top1_agreement"] < 1.0:
+        if f["max_abs_logit_diff"] > MAX_DIFF or f["top1_agreement"] < 1.0 or f.get("max_abs_rollout_diff", 0) > MAX_DIFF:
             raise CheckpointError(f"the ONNX file does not match PyTorch on {f['images']} test images: max logit "
                                   f"difference {f['max_abs_logit_diff']:.2e} (limit {MAX_DIFF:g}), top-1 agreement "
-                                  f"{100 * f['top1_agreement']:.2f}%; nothing was written")
+                                  f"{100 * f['top1_agreement']:.2f}%, rollout difference {f.get('max_abs_rollout_diff', 0):.2e}; "
+                                  f"nothing was written")
         if int8 is not None:
             quantize_int8(tmp[out], tmp[int8], _batches(_sample(model, overrides, "train", calibration), model))
             figures["int8"] = check_int8(tmp[out], tmp[int8], check_set)
@@ -192,7 +204,7 @@ def export_onnx(source: str | Path, out: str | Path, *, ema: bool = False, quant
         for p in tmp.values():
             p.unlink(missing_ok=True)
     return write_card(model, source, out, int8, figures, opset=OPSET, calibration=calibration if int8 else None,
-                      classes=list(test.classes))
+                      classes=list(test.classes), maps=maps)
 
 
 __all__ = ["MAX_DIFF", "MIN_INT8_AGREEMENT", "OPSET", "export_onnx", "quantize_int8", "session", "to_onnx"]
