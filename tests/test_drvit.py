@@ -116,7 +116,8 @@ def test_tokenizer_stays_frozen_in_eval_mode_through_a_training_step(tok):
     model = drvit("drvit_pico_patch8_32", tok).train()
     frozen = model.tokenizer
     assert frozen is not tok and not any(m.training for m in frozen.modules())
-    assert model.blocks[0].training and not any(p.requires_grad for p in frozen.parameters())
+    assert model.blocks[0].training and not list(frozen.parameters())  # frozen state is buffers, not parameters
+    assert "encoder.conv_in.weight" in dict(frozen.named_buffers())
     assert not hasattr(frozen, "decoder") and not any(".decoder." in k for k in model.state_dict())
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     head_before = model.head.weight.clone()

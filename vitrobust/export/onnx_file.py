@@ -27,6 +27,7 @@ from vitrobust.explain.relevance import LogitsAndRollout, UnsupportedModel
 from vitrobust.export.card import write_card
 from vitrobust.models import load_model
 from vitrobust.models.classifier import ImageClassifier
+from vitrobust.models.runtime import ort_session as session
 
 OPSET = 18
 MAX_DIFF = 1e-4  # fp32 file vs PyTorch: largest logit difference
@@ -75,14 +76,6 @@ def to_onnx(model: ImageClassifier, path: Path, maps: str | None = None) -> None
         lines = [line for line in str(err).splitlines() if line.strip()]
         raise CheckpointError(f"{model.spec['name']} cannot be exported to ONNX: {lines[0] if lines else type(err).__name__}"
                               ) from None
-
-
-def session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def check_fp32(model: ImageClassifier, path: Path, batches, maps: str | None = None) -> dict:

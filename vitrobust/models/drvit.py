@@ -316,14 +316,9 @@ def _default_cfg(name: str) -> dict:
 default_cfgs = generate_default_cfgs({name: _default_cfg(name) for name in DRVIT_MODELS})
 
 
-def _fixed(name: str):
-    prefix, stem = _stem(name)
-    img, patch, dim, depth, heads = SIZES[stem]
-    return lambda kwargs: {"patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
-                           "mode": MODES[prefix], "name": name, "default_preset": DEFAULT_PRESETS[img]}
-
-
 for _name in DRVIT_MODELS:
     _img, _patch, _dim, _depth, _heads = SIZES[_stem(_name)[1]]
     register(__name__, _name, f"Dr.ViT ({DRVIT_MODELS[_name]}) for {_img}-px images: patch {_patch}, width {_dim}, "
-                              f"depth {_depth}, {_heads} heads.", DrViT, _fixed(_name))
+                              f"depth {_depth}, {_heads} heads.", DrViT,
+             {"patch_size": _patch, "embed_dim": _dim, "depth": _depth, "num_heads": _heads, "mlp_ratio": 4.0,
+              "mode": DRVIT_MODELS[_name], "name": _name, "default_preset": DEFAULT_PRESETS[_img]})

@@ -18,6 +18,18 @@ from torch import nn
 from vitrobust.errors import CheckpointError, UserError
 
 
+def ort_session(path: str | Path):
+    """An onnxruntime CPU session of the file, quiet; a clear error without the deploy extra."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("running an ONNX file needs onnxruntime: pip install 'vitrobust[deploy]' "
+                        "(scripts/setup.sh installs it)") from None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def card_path(path: Path) -> Path:
     stem = path.name.removesuffix(".onnx").removesuffix(".int8")
     return path.with_name(stem + ".card.json")
@@ -28,13 +40,7 @@ class RuntimeClassifier(nn.Module):
 
     def __init__(self, path: Path, card: dict):
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("evaluating an ONNX file needs onnxruntime: pip install 'vitrobust[deploy]'") from None
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path)
         self.spec = dict(card["spec"])
         self.input_shape = (self.spec["in_chans"], self.spec["img_size"], self.spec["img_size"])
         self.run_config = card.get("config", "")
@@ -68,4 +74,4 @@ def load_onnx(path: str | Path) -> RuntimeClassifier:
     return RuntimeClassifier(path, data)
 
 
-__all__ = ["RuntimeClassifier", "card_path", "load_onnx"]
+__all__ = ["RuntimeClassifier", "card_path", "load_onnx", "ort_session"]

@@ -23,13 +23,9 @@ SMALL_VITS = {
 default_cfgs = generate_default_cfgs({name: cfg(3, 32, 10, "patch_embed.proj") for name in SMALL_VITS})
 
 
-def _fixed(name: str):
-    patch, dim, depth, heads = SMALL_VITS[name]
-    return lambda kwargs: {"patch_size": patch, "embed_dim": dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0}
-
-
 for _name, (_patch, _dim, _depth, _heads) in SMALL_VITS.items():
     register(__name__, _name, f"ViT for 32-px images: patch {_patch}, width {_dim}, depth {_depth}, {_heads} heads.",
-             VisionTransformer, _fixed(_name))
+             VisionTransformer, {"patch_size": _patch, "embed_dim": _dim, "depth": _depth, "num_heads": _heads,
+                                 "mlp_ratio": 4.0})
 
 __all__ = ["SMALL_VITS"]

@@ -13,7 +13,6 @@ the run's own preprocessing instead (`run_pretrained_cfg`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 import yaml
 from timm.models import build_model_with_cfg, register_model
@@ -33,8 +32,8 @@ def cfg(in_chans: int, size: int, num_classes: int, first_conv: str | tuple[str,
             "first_conv": first_conv, "classifier": classifier, "license": "apache-2.0", **extra}
 
 
-def register(module: str, name: str, doc: str, model_cls: type, fixed: Callable[[dict], dict]) -> None:
-    """Register `name` in timm: an entrypoint that builds `model_cls(**fixed(kwargs), **kwargs)` through
+def register(module: str, name: str, doc: str, model_cls: type, fixed: dict) -> None:
+    """Register `name` in timm: an entrypoint that builds `model_cls(**{**fixed, **kwargs})` through
     `build_model_with_cfg`, with timm's forward_intermediates feature wrapper (`feature_cls='getter'`).
 
     `module` is the defining module's `__name__`: timm looks its `default_cfgs` up there.
@@ -44,7 +43,7 @@ def register(module: str, name: str, doc: str, model_cls: type, fixed: Callable[
         if pretrained and not kwargs.get("pretrained_cfg"):
             raise ValueError(NO_WEIGHTS.format(name=name))
         out_indices = kwargs.pop("out_indices", 3)
-        args = {**fixed(kwargs), **kwargs}
+        args = {**fixed, **kwargs}
         return build_model_with_cfg(model_cls, name, pretrained,
                                     feature_cfg={"out_indices": out_indices, "feature_cls": "getter"}, **args)
 

@@ -21,14 +21,8 @@ default_cfgs = generate_default_cfgs({name: cfg(3, 224, 1000, "patch_embed.proj.
                                       for name in LIGHT_XCITS})
 
 
-def _fixed(name: str):
-    dim, heads = LIGHT_XCITS[name]
-    return lambda kwargs: {"patch_size": 16, "embed_dim": dim, "depth": 12, "num_heads": heads, "eta": 1.0,
-                           "tokens_norm": True}
-
-
 for _name, (_dim, _heads) in LIGHT_XCITS.items():
     register(__name__, _name, f"XCiT patch 16, 12 blocks, width {_dim}, {_heads} heads (the light recipe's M/L models).",
-             Xcit, _fixed(_name))
+             Xcit, {"patch_size": 16, "embed_dim": _dim, "depth": 12, "num_heads": _heads, "eta": 1.0, "tokens_norm": True})
 
 __all__ = ["LIGHT_XCITS"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from vitrobust.evaluate import default_results_path
+from vitrobust.models.runtime import card_path
 from vitrobust.report.sections import Section, pct
 from vitrobust.report.tables import Table
 from vitrobust.results import read_per_image, read_results
@@ -43,7 +45,7 @@ def deployment_section(run_dir: Path, files: list[Path]) -> Section | None:
     if not files:
         return None
     base_results, base_flags = read_results(run_dir / "results.json"), read_per_image(run_dir / "results.json")
-    card = json.loads(Path(str(files[0]).removesuffix(".onnx").removesuffix(".int8") + ".card.json").read_text())
+    card = json.loads(card_path(files[0]).read_text())
     latency = card.get("equivalence", {}).get("latency_ms_batch1") or {}
     header = ["model", "runtime", "MB", "batch-1 ms", *(label for _, _, label in NUMBERS),
               *(f"{label.split()[0]} vs PyTorch (points [95% CI], p)" for _, _, label in NUMBERS)]
@@ -51,7 +53,7 @@ def deployment_section(run_dir: Path, files: list[Path]) -> Section | None:
     rows = [[run_dir.name, "PyTorch eager", f"{weights.stat().st_size / 1e6:.2f}" if weights.is_file() else "-",
              str(latency.get("pytorch", "-")), *(_number(base_results, e, k) for e, k, _ in NUMBERS), "", ""]]
     for f in files:
-        results_path = f.with_name(f.name.removesuffix(".onnx") + ".results.json")
+        results_path = default_results_path(f)
         results, flags = read_results(results_path), read_per_image(results_path)
         precision = "int8" if f.name.endswith(".int8.onnx") else "fp32"
         rows.append([f.name, f"onnxruntime {precision}", f"{f.stat().st_size / 1e6:.2f}", str(latency.get(precision, "-")),
